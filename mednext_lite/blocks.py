@@ -1,0 +1,194 @@
+"""The MedNeXt building blocks, written once for 2D and 3D.
+
+Every block follows the paper's figure: a depthwise k^d convolution, a per-channel norm, a 1x1
+expansion to R*C channels, GELU, an optional global response norm, and a 1x1 compression. The down
+and up blocks are the same block with a strided (or transposed) depthwise convolution and their own
+1x1 residual path. The spatial dimensionality is chosen once, through :func:`conv_op`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("group", "layer")
+
+
+def conv_op(spatial_dims: int, transposed: bool = False) -> type[nn.Module]:
+    """Return the convolution class for ``spatial_dims`` (2 or 3), optionally transposed."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims={spatial_dims!r} is not supported: use 2 or 3")
+    if transposed:
+        return nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+class ChannelsFirstLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of a channels-first tensor, per pixel/voxel.
+
+    Works for any number of spatial dims (the reference's version broadcasts its affine for 3D only).
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var + self.eps)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+class GRN(nn.Module):
+    """Global response normalisation (ConvNeXt-V2): channels compete through their spatial L2 norm.
+
+    ``gamma`` and ``beta`` start at zero, so a freshly built GRN is the identity.
+    """
+
+    def __init__(self, num_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        shape = (1, num_channels) + (1,) * spatial_dims
+        self.gamma = nn.Parameter(torch.zeros(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.linalg.vector_norm(x, ord=2, dim=tuple(range(2, x.ndim)), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+def make_norm(norm: str, channels: int) -> nn.Module:
+    """GroupNorm with one group per channel (the paper's choice) or a channels-first LayerNorm."""
+    if norm == "group":
+        return nn.GroupNorm(num_groups=channels, num_channels=channels, eps=1e-5, affine=True)
+    if norm == "layer":
+        return ChannelsFirstLayerNorm(channels, eps=1e-5)
+    raise ValueError(f"norm={norm!r} is not supported: use one of {NORMS}")
+
+
+class MedNeXtBlock(nn.Module):
+    """One MedNeXt block: depthwise conv -> norm -> 1x1 expand -> GELU -> [GRN] -> 1x1 compress.
+
+    Args:
+        in_channels: channels C entering the block.
+        out_channels: channels leaving it (``in_channels`` when ``None``).
+        expansion_ratio: R, the width of the inverted bottleneck is R*C.
+        kernel_size: k of the depthwise convolution (odd).
+        spatial_dims: 2 or 3.
+        norm: ``"group"`` (GroupNorm, one group per channel) or ``"layer"`` (channels-first LayerNorm).
+        grn: insert a global response norm after the activation.
+        residual: add the input to the output (only meaningful when in and out widths agree).
+    """
+
+    depthwise_stride = 1
+    depthwise_transposed = False
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        expansion_ratio: int = 4,
+        kernel_size: int = 3,
+        spatial_dims: int = 3,
+        norm: str = "group",
+        grn: bool = False,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        out_channels = in_channels if out_channels is None else out_channels
+        if kernel_size % 2 != 1 or kernel_size < 1:
+            raise ValueError(f"kernel_size={kernel_size} must be a positive odd number, e.g. 3, 5 or 7")
+        if expansion_ratio < 1:
+            raise ValueError(f"expansion_ratio={expansion_ratio} must be >= 1")
+        conv = conv_op(spatial_dims)
+        depthwise = conv_op(spatial_dims, self.depthwise_transposed)
+        hidden = expansion_ratio * in_channels
+        self.spatial_dims = spatial_dims
+        self.conv1 = depthwise(
+            in_channels, in_channels, kernel_size,
+            stride=self.depthwise_stride, padding=kernel_size // 2, groups=in_channels,
+        )
+        self.norm = make_norm(norm, in_channels)
+        self.conv2 = conv(in_channels, hidden, kernel_size=1)
+        self.act = nn.GELU()
+        self.grn = GRN(hidden, spatial_dims) if grn else nn.Identity()
+        self.conv3 = conv(hidden, out_channels, kernel_size=1)
+        if residual and in_channels != out_channels:
+            raise ValueError(
+                f"an identity residual needs in_channels == out_channels, got {in_channels} -> {out_channels}: "
+                "pass residual=False or equal widths"
+            )
+        self.residual = residual
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its residual path."""
+        return self.conv3(self.grn(self.act(self.conv2(self.norm(self.conv1(x))))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branch(x)
+        return x + y if self.residual else y
+
+
+class MedNeXtDownBlock(MedNeXtBlock):
+    """2x downsampling block: the MedNeXt block with a stride-2 depthwise conv and C -> 2C output.
+
+    The residual path is a stride-2 1x1 conv (``residual=True``); there is no identity add.
+    """
+
+    depthwise_stride = 2
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, residual: bool = True, **kwargs) -> None:
+        out_channels = 2 * in_channels if out_channels is None else out_channels
+        super().__init__(in_channels, out_channels, residual=False, **kwargs)
+        self.res_conv = conv_op(self.spatial_dims)(in_channels, out_channels, 1, stride=2) if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.branch(x)
+        return y if self.res_conv is None else y + self.res_conv(x)
+
+
+class MedNeXtUpBlock(MedNeXtBlock):
+    """2x upsampling block: a transposed stride-2 depthwise conv and C -> C/2 output.
+
+    The transposed conv gives 2n-1 voxels per axis; one voxel is padded at the start (low-index
+    side) of every spatial axis to reach 2n, as in the reference implementation. The residual path
+    is a stride-2 1x1 transposed conv, padded the same way.
+    """
+
+    depthwise_stride = 2
+    depthwise_transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, *, residual: bool = True, **kwargs) -> None:
+        out_channels = in_channels // 2 if out_channels is None else out_channels
+        super().__init__(in_channels, out_channels, residual=False, **kwargs)
+        self.res_conv = (
+            conv_op(self.spatial_dims, transposed=True)(in_channels, out_channels, 1, stride=2) if residual else None
+        )
+
+    def _pad_start(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (1, 0) * self.spatial_dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._pad_start(self.branch(x))
+        return y if self.res_conv is None else y + self._pad_start(self.res_conv(x))
+
+
+class Head(nn.Module):
+    """1x1 convolution from features to class logits.
+
+    The reference uses a 1x1 *transposed* conv, which is the same map with its weight stored as
+    [in, out, 1...]; we use a plain conv and transpose the weight in :mod:`mednext_lite.interop`.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.conv = conv_op(spatial_dims)(in_channels, num_classes, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)

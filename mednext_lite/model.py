@@ -1,0 +1,267 @@
+"""The MedNeXt network: a 4-level U with additive skips, built from a :class:`MedNeXtConfig`.
+
+Stage index s = 0..8 runs enc0, enc1, enc2, enc3, bottleneck, dec3, dec2, dec1, dec0; the config's
+``expansion_ratios`` and ``block_counts`` are indexed the same way. The down block after encoder
+level i uses the ratio of stage i+1 and the up block feeding decoder level i the ratio of stage
+8-i, exactly as in the reference implementation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import NORMS, Head, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, conv_op
+
+LEVELS = 4
+NUM_STAGES = 2 * LEVELS + 1
+DIVISOR = 2**LEVELS
+STAGE_NAMES = ("enc0", "enc1", "enc2", "enc3", "bottleneck", "dec3", "dec2", "dec1", "dec0")
+
+
+def _nine(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * NUM_STAGES
+    value = tuple(int(v) for v in value)
+    if len(value) != NUM_STAGES:
+        raise ValueError(
+            f"{name} has {len(value)} entries, expected {NUM_STAGES} (one per stage: {', '.join(STAGE_NAMES)})"
+        )
+    if min(value) < 1:
+        raise ValueError(f"{name}={value} must be positive in every stage")
+    return value
+
+
+@dataclass(frozen=True)
+class MedNeXtConfig:
+    """Everything that defines a MedNeXt, as plain data (a checkpoint stores it as a dict).
+
+    Args:
+        in_channels: input modalities.
+        num_classes: output channels (classes including background).
+        base_width: C, the width of level 0; level i has C*2^i channels.
+        expansion_ratios: R per stage (9 entries, or one int for all).
+        block_counts: B per stage (9 entries, or one int for all).
+        enc_kernel_size: depthwise kernel of the encoder blocks and down blocks.
+        dec_kernel_size: depthwise kernel of the bottleneck, up blocks and decoder blocks.
+        spatial_dims: 2 or 3.
+        deep_supervision: build the four extra heads (1/2 .. 1/16 resolution).
+        residual: identity residual inside each MedNeXt block.
+        residual_up_down: 1x1 residual path in the down and up blocks.
+        norm: ``"group"`` or ``"layer"``.
+        grn: global response norm in every block.
+    """
+
+    in_channels: int = 1
+    num_classes: int = 2
+    base_width: int = 32
+    expansion_ratios: tuple[int, ...] = field(default=(2,) * NUM_STAGES)
+    block_counts: tuple[int, ...] = field(default=(2,) * NUM_STAGES)
+    enc_kernel_size: int = 3
+    dec_kernel_size: int = 3
+    spatial_dims: int = 3
+    deep_supervision: bool = False
+    residual: bool = True
+    residual_up_down: bool = True
+    norm: str = "group"
+    grn: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expansion_ratios", _nine("expansion_ratios", self.expansion_ratios))
+        object.__setattr__(self, "block_counts", _nine("block_counts", self.block_counts))
+        for name in ("in_channels", "num_classes", "base_width"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("enc_kernel_size", "dec_kernel_size"):
+            k = getattr(self, name)
+            if k < 1 or k % 2 == 0:
+                raise ValueError(f"{name}={k} must be a positive odd number, e.g. 3 or 5")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims={self.spatial_dims!r} is not supported: use 2 or 3")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm={self.norm!r} is not supported: use one of {NORMS}")
+
+    @property
+    def kernel_size(self) -> int:
+        """The kernel size when encoder and decoder agree (as in every preset)."""
+        if self.enc_kernel_size != self.dec_kernel_size:
+            raise ValueError(
+                f"encoder and decoder kernels differ ({self.enc_kernel_size} vs {self.dec_kernel_size}): "
+                "read enc_kernel_size / dec_kernel_size"
+            )
+        return self.enc_kernel_size
+
+    def width(self, level: int) -> int:
+        """Channels at resolution level ``level`` (0 = full resolution, 4 = bottleneck)."""
+        return self.base_width * 2**level
+
+    def replace(self, **changes: Any) -> MedNeXtConfig:
+        """A copy with some fields changed (``kernel_size=`` sets both kernels)."""
+        if "kernel_size" in changes:
+            k = changes.pop("kernel_size")
+            changes.setdefault("enc_kernel_size", k)
+            changes.setdefault("dec_kernel_size", k)
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown MedNeXtConfig field(s) {sorted(unknown)}; valid: {[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MedNeXtConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        return cls().replace(**dict(data))
+
+
+class MedNeXt(nn.Module):
+    """MedNeXt for 2D or 3D segmentation, faithful to the reference topology.
+
+    ``forward(x)`` returns the full-resolution logits ``[N, num_classes, *spatial]``. When the
+    config has ``deep_supervision=True`` and deep supervision is enabled (the default; see
+    :meth:`set_deep_supervision`), it returns a list ``[full, 1/2, 1/4, 1/8, 1/16]`` in BOTH train
+    and eval mode, so the output type never depends on ``model.training``; inference code turns the
+    extra heads off with :meth:`set_deep_supervision` or the :meth:`full_resolution_only` context.
+    """
+
+    def __init__(self, config: MedNeXtConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        config = (config or MedNeXtConfig()).replace(**kwargs) if kwargs else (config or MedNeXtConfig())
+        self.config = config
+        c, r, b = config, config.expansion_ratios, config.block_counts
+        common = dict(spatial_dims=c.spatial_dims, norm=c.norm, grn=c.grn)
+
+        def stage(level: int, s: int, k: int) -> nn.Sequential:
+            return nn.Sequential(*(
+                MedNeXtBlock(c.width(level), expansion_ratio=r[s], kernel_size=k, residual=c.residual, **common)
+                for _ in range(b[s])
+            ))
+
+        self.stem = conv_op(c.spatial_dims)(c.in_channels, c.base_width, kernel_size=1)
+        self.encoders = nn.ModuleList(stage(i, i, c.enc_kernel_size) for i in range(LEVELS))
+        self.downs = nn.ModuleList(
+            MedNeXtDownBlock(c.width(i), expansion_ratio=r[i + 1], kernel_size=c.enc_kernel_size,
+                             residual=c.residual_up_down, **common)
+            for i in range(LEVELS)
+        )
+        self.bottleneck = stage(LEVELS, LEVELS, c.dec_kernel_size)
+        # ups[i] and decoders[i] produce level i; they belong to stage 8 - i.
+        self.ups = nn.ModuleList(
+            MedNeXtUpBlock(c.width(i + 1), expansion_ratio=r[8 - i], kernel_size=c.dec_kernel_size,
+                           residual=c.residual_up_down, **common)
+            for i in range(LEVELS)
+        )
+        self.decoders = nn.ModuleList(stage(i, 8 - i, c.dec_kernel_size) for i in range(LEVELS))
+        self.head = Head(c.base_width, c.num_classes, c.spatial_dims)
+        # ds_heads[i-1] reads level i (i = 1..4, level 4 being the bottleneck).
+        self.ds_heads = (
+            nn.ModuleList(Head(c.width(i), c.num_classes, c.spatial_dims) for i in range(1, LEVELS + 1))
+            if c.deep_supervision else None
+        )
+        self.grad_checkpointing = False
+        self.deep_supervision = c.deep_supervision
+
+    # -- switches ---------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enabled: bool = True) -> MedNeXt:
+        """Recompute each block's activations in the backward pass (non-reentrant checkpointing).
+
+        Trades compute for memory; gradients are identical to the plain run.
+        """
+        self.grad_checkpointing = bool(enabled)
+        return self
+
+    def set_deep_supervision(self, enabled: bool = True) -> MedNeXt:
+        """Return all five outputs (``True``) or only full resolution (``False``).
+
+        Enabling needs a model built with ``deep_supervision=True`` (the extra heads must exist).
+        """
+        if enabled and self.ds_heads is None:
+            raise ValueError("this model has no deep-supervision heads: build it with deep_supervision=True")
+        self.deep_supervision = bool(enabled)
+        return self
+
+    @contextlib.contextmanager
+    def full_resolution_only(self) -> Iterator[MedNeXt]:
+        """Context in which ``forward`` returns a single tensor (for sliding-window inference)."""
+        previous = self.deep_supervision
+        self.deep_supervision = False
+        try:
+            yield self
+        finally:
+            self.deep_supervision = previous
+
+    # -- forward ----------------------------------------------------------------------------
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem and the fix when ``x`` cannot enter the network."""
+        c = self.config
+        if x.ndim != c.spatial_dims + 2:
+            layout = "N, C, H, W" if c.spatial_dims == 2 else "N, C, D, H, W"
+            raise ValueError(
+                f"expected a {c.spatial_dims + 2}D input ({layout}) for spatial_dims={c.spatial_dims}, "
+                f"got shape {tuple(x.shape)}; add the batch/channel axes with x[None] or check spatial_dims"
+            )
+        if x.shape[1] != c.in_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channels but the model expects in_channels={c.in_channels}: "
+                f"build the model with in_channels={x.shape[1]} or fix the input's channel axis (dim 1)"
+            )
+        for axis, n in enumerate(x.shape[2:]):
+            if n % DIVISOR or n == 0:
+                up = (n // DIVISOR + 1) * DIVISOR
+                down = (n // DIVISOR) * DIVISOR
+                fix = f"pad to {up}" + (f" or crop to {down}" if down else "")
+                raise ValueError(
+                    f"spatial size {n} (axis {axis + 2} of shape {tuple(x.shape)}) is not divisible by "
+                    f"{DIVISOR}: {fix}"
+                )
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def _stage(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        for block in blocks:
+            x = self._run(block, x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder features per level: ``[dec0, dec1, dec2, dec3, bottleneck]`` (full to 1/16)."""
+        self.check_input(x)
+        x = self.stem(x)
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs):
+            x = self._stage(encoder, x)
+            skips.append(x)
+            x = self._run(down, x)
+        x = self._stage(self.bottleneck, x)
+        features = [x]
+        for level in reversed(range(LEVELS)):
+            x = self._run(self.ups[level], x) + skips[level]
+            x = self._stage(self.decoders[level], x)
+            features.append(x)
+        return features[::-1]
+
+    def forward_head(self, features: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Logits from :meth:`forward_features`' output (a list with deep supervision)."""
+        full = self.head(features[0])
+        if not self.deep_supervision:
+            return full
+        return [full] + [head(f) for head, f in zip(self.ds_heads, features[1:])]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"spatial_dims={c.spatial_dims}, C={c.base_width}, R={list(c.expansion_ratios)}, "
+                f"B={list(c.block_counts)}, k=({c.enc_kernel_size}, {c.dec_kernel_size}), "
+                f"deep_supervision={c.deep_supervision}")
