@@ -1,0 +1,542 @@
+"""Looking at volumes: a three-plane slice viewer (ipywidgets) with a static twin for headless runs.
+
+:class:`SliceViewer` holds a volume, an optional ground-truth label map and an optional prediction,
+and draws one slice of one plane (axial, coronal, sagittal) with the labels overlaid, side by side
+or as contours. Its state lives in plain attributes and every change goes through :meth:`update`,
+so the ipywidgets controls, a unit test and a headless papermill run all drive the same code. The
+figures are :class:`matplotlib.figure.Figure` objects created without pyplot, so no GUI backend is
+needed and nothing leaks between figures. Axes are in millimetres (extent = voxels x spacing), which
+is what makes anisotropic MRI look right. Training curves (:func:`plot_curves`) live here too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+__all__ = [
+    "PLANES", "CT_WINDOWS", "MRI_WINDOWS", "MODES", "HEADLESS_ENV_VAR",
+    "window_limits", "extract_slice", "plane_extent", "slice_aspect", "label_colormap",
+    "has_widget_frontend", "figure_png", "SliceViewer", "show_slices", "plot_curves",
+]
+
+#: Plane name -> the array axis held fixed. Volumes are indexed (x, y, z) as nibabel reads them.
+PLANES: dict[str, int] = {"axial": 2, "coronal": 1, "sagittal": 0}
+
+#: CT windows as (level, width) in Hounsfield units: the radiology reading-room defaults.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "lung": (-600.0, 1500.0),
+    "brain": (40.0, 80.0),
+}
+
+#: MRI has no absolute unit, so windows are percentiles of the whole volume's intensities.
+MRI_WINDOWS: dict[str, tuple[float, float]] = {
+    "1-99 %": (1.0, 99.0),
+    "0.5-99.5 %": (0.5, 99.5),
+    "5-95 %": (5.0, 95.0),
+    "full range": (0.0, 100.0),
+}
+
+#: How ground truth and prediction are shown: one overlay, two panels, or contours on one panel.
+MODES = ("overlay", "side by side", "contours")
+
+#: Set to 1 to force static figures (the notebook runner does this for papermill runs).
+HEADLESS_ENV_VAR = "MEDNEXT_LITE_HEADLESS"
+
+_LABEL_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+
+
+def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_ct: bool = False) -> tuple[float, float]:
+    """Display limits ``(vmin, vmax)`` for a named window or an explicit ``(vmin, vmax)`` pair.
+
+    CT names (:data:`CT_WINDOWS`) are level/width in Hounsfield units, fixed by physics, so they do
+    not look at the data. MRI names (:data:`MRI_WINDOWS`) are percentiles of the WHOLE volume, so the
+    brightness does not jump while scrolling through slices.
+    """
+    if isinstance(window, str):
+        if is_ct and window in CT_WINDOWS:
+            level, width = CT_WINDOWS[window]
+            return level - width / 2, level + width / 2
+        if window in MRI_WINDOWS:
+            lo, hi = np.percentile(np.asarray(volume, dtype=np.float64), MRI_WINDOWS[window])
+            return float(lo), float(hi) if hi > lo else float(lo) + 1.0
+        names = list(CT_WINDOWS) + list(MRI_WINDOWS) if is_ct else list(MRI_WINDOWS)
+        raise ValueError(f"unknown window {window!r} for a {'CT' if is_ct else 'non-CT'} image: "
+                         f"use one of {names} or an explicit (vmin, vmax) pair")
+    try:
+        vmin, vmax = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise TypeError(f"window={window!r} must be a preset name or a (vmin, vmax) pair of numbers") from None
+    if not vmax > vmin:
+        raise ValueError(f"window {window!r} needs vmax > vmin, e.g. ({vmin}, {vmin + 100})")
+    return vmin, vmax
+
+
+def _plane_axis(plane: str) -> int:
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}: use one of {list(PLANES)}")
+    return PLANES[plane]
+
+
+def extract_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2D slice ``index`` of ``plane``, transposed for ``imshow(origin="lower")``.
+
+    Rows of the result run along the second remaining axis (y for axial, z otherwise), columns
+    along the first, so the patient's head is up in coronal and sagittal views.
+    """
+    axis = _plane_axis(plane)
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume (x, y, z), got shape {volume.shape}; pick a channel first")
+    n = volume.shape[axis]
+    if not 0 <= index < n:
+        raise ValueError(f"slice index {index} is outside the {plane} range 0..{n - 1}")
+    return np.take(volume, index, axis=axis).T
+
+
+def plane_extent(shape: Sequence[int], spacing: Sequence[float], plane: str) -> tuple[float, float, float, float]:
+    """``imshow`` extent in millimetres ``(0, width, 0, height)`` of ``plane`` for a volume ``shape``."""
+    axis = _plane_axis(plane)
+    (n0, s0), (n1, s1) = [(shape[a], spacing[a]) for a in range(3) if a != axis]
+    return 0.0, float(n0 * s0), 0.0, float(n1 * s1)
+
+
+def slice_aspect(spacing: Sequence[float], plane: str) -> float:
+    """Height/width of one displayed pixel: the voxel spacing ratio of the plane's two axes."""
+    axis = _plane_axis(plane)
+    s0, s1 = [float(spacing[a]) for a in range(3) if a != axis]
+    return s1 / s0
+
+
+def label_colormap(num_labels: int) -> ListedColormap:
+    """A qualitative colour map for labels 1..num_labels (background is masked, so transparent)."""
+    colours = [_LABEL_COLOURS[i % len(_LABEL_COLOURS)] for i in range(max(1, num_labels))]
+    return ListedColormap(colours, name="labels")
+
+
+def figure_png(fig: Figure, dpi: int = 90) -> Any:
+    """An ``IPython.display.Image`` of ``fig``: pyplot-free figures have no inline display hook of
+    their own, and a PNG shows the same in Jupyter, Colab, papermill outputs and nbviewer."""
+    import io
+
+    from IPython.display import Image
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return Image(data=buffer.getvalue(), format="png")
+
+
+def has_widget_frontend() -> bool:
+    """Whether interactive widgets can be shown: an IPython kernel, ipywidgets installed, and not
+    headless (the :data:`HEADLESS_ENV_VAR` variable, set by the papermill runner, forces False)."""
+    if os.environ.get(HEADLESS_ENV_VAR, "").strip().lower() in ("1", "true", "yes"):
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _as_volume(array: np.ndarray | None, name: str, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+    if array is None:
+        return None
+    array = np.asarray(array)
+    if array.ndim == 2:  # a 2D image is shown as a one-slice volume
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"{name} has shape {array.shape}: expected (x, y, z) or (x, y); "
+                         "for channel-first images pass image[channel]")
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name} has shape {array.shape} but the image has {shape}: resample one onto the other")
+    return array
+
+
+class SliceViewer:
+    """Browse a volume slice by slice with label overlays; interactive in Jupyter, static elsewhere.
+
+    Args:
+        image: (x, y, z) or channel-first (c, x, y, z) array (a (x, y) image works too).
+        label: ground-truth label map of the same spatial shape (optional).
+        prediction: predicted label map (optional); enables "side by side" and "contours".
+        spacing: voxel size in mm per axis; the axes are drawn in mm so proportions are true.
+        is_ct: use Hounsfield-unit windows (soft tissue, bone, lung) instead of percentiles.
+        label_names: value -> name, for the legend (background 0 is never drawn).
+        plane, index, window, alpha, mode, channel: the initial view (index defaults to the slice
+            with the most foreground, or the middle slice).
+        title: figure title prefix.
+    """
+
+    def __init__(
+        self,
+        image: np.ndarray,
+        label: np.ndarray | None = None,
+        prediction: np.ndarray | None = None,
+        *,
+        spacing: Sequence[float] = (1.0, 1.0, 1.0),
+        is_ct: bool = False,
+        label_names: Mapping[int, str] | None = None,
+        plane: str = "axial",
+        index: int | None = None,
+        window: str | tuple[float, float] | None = None,
+        alpha: float = 0.4,
+        mode: str | None = None,
+        channel: int = 0,
+        title: str = "",
+    ) -> None:
+        image = np.asarray(image)
+        self.channels = image if image.ndim == 4 else None
+        self.image = _as_volume(image[channel] if image.ndim == 4 else image, "image")
+        shape = self.image.shape
+        self.label = _as_volume(label, "label", shape)
+        self.prediction = _as_volume(prediction, "prediction", shape)
+        spacing = tuple(float(s) for s in spacing)
+        if len(spacing) == 2:
+            spacing = spacing + (1.0,)
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"spacing={spacing} must be three positive sizes in mm, e.g. (1.0, 1.0, 2.5)")
+        self.spacing = spacing
+        self.is_ct = bool(is_ct)
+        values = set()
+        for lab in (self.label, self.prediction):
+            if lab is not None:
+                values |= {int(v) for v in np.unique(lab) if v != 0}
+        names = dict(label_names or {})
+        self.num_labels = max(values | {k for k in names if k != 0} | {1})
+        self.label_names = {k: names.get(k, f"label {k}") for k in range(1, self.num_labels + 1)}
+        self.cmap = label_colormap(self.num_labels)
+        self.title = title
+        self.plane = "axial"
+        self.channel = channel
+        self.window: str | tuple[float, float] = window or ("soft tissue" if self.is_ct else "1-99 %")
+        self.alpha = float(alpha)
+        self.mode = mode or ("side by side" if self.prediction is not None else "overlay")
+        self.index = 0
+        self.figure = Figure(figsize=(10, 5), layout="constrained")
+        self.widgets: dict[str, Any] = {}
+        self._output = None
+        self._syncing = False
+        self._live = True
+        self.update(plane=plane, index=index, window=self.window, alpha=self.alpha, mode=self.mode)
+
+    # -- state --------------------------------------------------------------------------------
+    def num_slices(self, plane: str | None = None) -> int:
+        """Number of slices along ``plane`` (the current plane by default)."""
+        return self.image.shape[_plane_axis(plane or self.plane)]
+
+    def best_index(self, plane: str | None = None) -> int:
+        """The slice with the most ground-truth foreground (the middle slice when there is none)."""
+        plane = plane or self.plane
+        axis = _plane_axis(plane)
+        source = self.label if self.label is not None else self.prediction
+        if source is not None and source.any():
+            other = tuple(a for a in range(3) if a != axis)
+            return int(np.argmax((source > 0).sum(axis=other)))
+        return self.num_slices(plane) // 2
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """Current display limits (vmin, vmax) of the image."""
+        return window_limits(self.image, self.window, is_ct=self.is_ct)
+
+    @property
+    def window_names(self) -> list[str]:
+        """The window presets that apply to this image."""
+        return list(CT_WINDOWS) + list(MRI_WINDOWS) if self.is_ct else list(MRI_WINDOWS)
+
+    @property
+    def modes(self) -> list[str]:
+        """The display modes available (side by side and contours need a prediction)."""
+        return list(MODES) if self.prediction is not None else ["overlay"]
+
+    def update(self, **changes: Any) -> SliceViewer:
+        """Change any of plane, index, window, alpha, mode, channel, then redraw.
+
+        Changing the plane without an index keeps the same relative position (the middle stays the
+        middle). Invalid values raise ValueError naming the valid ones.
+        """
+        unknown = set(changes) - {"plane", "index", "window", "alpha", "mode", "channel"}
+        if unknown:
+            raise TypeError(f"unknown viewer setting(s) {sorted(unknown)}: use plane, index, window, alpha, mode, channel")
+        if "channel" in changes and changes["channel"] is not None and self.channels is not None:
+            c = int(changes["channel"])
+            if not 0 <= c < len(self.channels):
+                raise ValueError(f"channel {c} is outside 0..{len(self.channels) - 1}")
+            self.channel, self.image = c, self.channels[c]
+        if "plane" in changes and changes["plane"] is not None and changes["plane"] != self.plane:
+            plane = changes["plane"]
+            _plane_axis(plane)
+            fraction = (self.index + 0.5) / self.num_slices()
+            self.plane = plane
+            if changes.get("index") is None:
+                changes["index"] = min(int(fraction * self.num_slices()), self.num_slices() - 1)
+        if "index" in changes:
+            index = changes["index"]
+            index = self.best_index() if index is None else int(index)
+            if not 0 <= index < self.num_slices():
+                raise ValueError(f"slice index {index} is outside the {self.plane} range 0..{self.num_slices() - 1}")
+            self.index = index
+        if "window" in changes and changes["window"] is not None:
+            window_limits(self.image, changes["window"], is_ct=self.is_ct)  # validates
+            self.window = changes["window"]
+        if "alpha" in changes and changes["alpha"] is not None:
+            alpha = float(changes["alpha"])
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"alpha={alpha} is the overlay opacity: use a value in [0, 1]")
+            self.alpha = alpha
+        if "mode" in changes and changes["mode"] is not None:
+            if changes["mode"] not in self.modes:
+                raise ValueError(f"mode {changes['mode']!r} is not available here: use one of {self.modes}"
+                                 + ("" if self.prediction is not None else " (pass prediction= for the others)"))
+            self.mode = changes["mode"]
+        if self._live:
+            self.render()
+        self._sync_widgets()
+        return self
+
+    # -- drawing ------------------------------------------------------------------------------
+    def _panels(self) -> list[tuple[str, np.ndarray | None, str]]:
+        """(title, label map, style) per panel for the current mode."""
+        if self.mode == "side by side":
+            return [("ground truth", self.label, "fill"), ("prediction", self.prediction, "fill")]
+        if self.mode == "contours":
+            return [("ground truth (solid) vs prediction (dashed)", None, "contours")]
+        label = self.label if self.label is not None else self.prediction
+        return [("ground truth" if self.label is not None else ("prediction" if label is not None else "image"),
+                 label, "fill")]
+
+    def _draw_labels(self, ax: Any, label: np.ndarray, extent: tuple, style: str, linestyle: str = "solid") -> None:
+        sl = extract_slice(label, self.plane, self.index)
+        if style == "fill":
+            ax.imshow(np.ma.masked_equal(sl, 0), cmap=self.cmap, vmin=0.5, vmax=self.num_labels + 0.5,
+                      alpha=self.alpha, origin="lower", extent=extent, interpolation="nearest")
+            return
+        # Contours on the voxel-centre grid, so a one-voxel structure still gets a closed line.
+        ny, nx = sl.shape
+        x = np.linspace(extent[0], extent[1], nx, endpoint=False) + (extent[1] - extent[0]) / (2 * nx)
+        y = np.linspace(extent[2], extent[3], ny, endpoint=False) + (extent[3] - extent[2]) / (2 * ny)
+        for value in range(1, self.num_labels + 1):
+            mask = (sl == value).astype(float)
+            if mask.any():
+                ax.contour(x, y, mask, levels=[0.5], colors=[self.cmap(value - 1)], linestyles=linestyle,
+                           linewidths=1.5)
+
+    def draw_on(self, axes: Sequence[Any]) -> None:
+        """Draw the current state onto ``axes`` (one per panel); used by the widget figure and by
+        :func:`show_slices`, so interactive and static views cannot drift apart."""
+        extent = plane_extent(self.image.shape, self.spacing, self.plane)
+        vmin, vmax = self.limits
+        image = extract_slice(self.image, self.plane, self.index)
+        for ax, (name, label, style) in zip(axes, self._panels()):
+            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent,
+                      interpolation="nearest")
+            if style == "contours":
+                if self.label is not None:
+                    self._draw_labels(ax, self.label, extent, "contours", "solid")
+                self._draw_labels(ax, self.prediction, extent, "contours", "dashed")
+            elif label is not None:
+                self._draw_labels(ax, label, extent, "fill")
+            ax.set_aspect("equal")  # the extent is in mm, so equal aspect = true proportions
+            h, v = {"axial": ("x", "y"), "coronal": ("x", "z"), "sagittal": ("y", "z")}[self.plane]
+            ax.set_xlabel(f"{h} (mm)")
+            ax.set_ylabel(f"{v} (mm)")
+            ax.set_title(f"{name}\n{self.plane} slice {self.index}/{self.num_slices() - 1}", fontsize=10)
+
+    def _decorate(self, fig: Figure) -> None:
+        vmin, vmax = self.limits
+        window = self.window if isinstance(self.window, str) else "custom"
+        fig.suptitle(f"{self.title + ': ' if self.title else ''}window {window} [{vmin:.0f}, {vmax:.0f}]",
+                     fontsize=11)
+        if self.label is not None or self.prediction is not None:
+            from matplotlib.patches import Patch
+
+            handles = [Patch(color=self.cmap(k - 1), label=f"{k}: {n}") for k, n in self.label_names.items()]
+            fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
+
+    def render(self) -> Figure:
+        """Redraw the figure for the current state and return it."""
+        fig = self.figure
+        fig.clear()
+        axes = fig.subplots(1, len(self._panels()), squeeze=False)[0]
+        self.draw_on(axes)
+        self._decorate(fig)
+        return fig
+
+    @property
+    def axes(self) -> list[Any]:
+        """The image axes currently drawn (one per panel; the legend is not an axes)."""
+        return list(self.figure.axes)
+
+    # -- widgets ------------------------------------------------------------------------------
+    def build_widgets(self) -> Any:
+        """Create the ipywidgets controls (plane, slice, opacity, window, mode, channel) and return
+        the whole viewer as one VBox. Changing a control calls :meth:`update`."""
+        import ipywidgets as w
+
+        self.widgets = {
+            "plane": w.ToggleButtons(options=list(PLANES), value=self.plane, description="plane"),
+            "index": w.IntSlider(value=self.index, min=0, max=self.num_slices() - 1, description="slice",
+                                 continuous_update=False),
+            "alpha": w.FloatSlider(value=self.alpha, min=0.0, max=1.0, step=0.05, description="opacity"),
+            "window": w.Dropdown(options=self.window_names,
+                                 value=self.window if isinstance(self.window, str) else None, description="window"),
+            "mode": w.ToggleButtons(options=self.modes, value=self.mode, description="labels"),
+        }
+        if self.channels is not None:
+            self.widgets["channel"] = w.Dropdown(options=list(range(len(self.channels))), value=self.channel,
+                                                 description="channel")
+        for name, widget in self.widgets.items():
+            widget.observe(lambda change, name=name: self._on_widget(name, change["new"]), names="value")
+        self._output = w.Output()
+        self._refresh_output()
+        return w.VBox([w.HBox([self.widgets["plane"], self.widgets["mode"]]),
+                       w.HBox([self.widgets["index"], self.widgets["alpha"], self.widgets["window"]]
+                              + ([self.widgets["channel"]] if "channel" in self.widgets else [])),
+                       self._output])
+
+    def _on_widget(self, name: str, value: Any) -> None:
+        if self._syncing or value is None:
+            return
+        self.update(**{name: value})
+
+    def _sync_widgets(self) -> None:
+        """Push the state back into the controls (e.g. the slider range after a plane change)."""
+        if not self.widgets:
+            return
+        self._syncing = True
+        try:
+            slider = self.widgets["index"]
+            slider.max = max(slider.min, self.num_slices() - 1)
+            slider.value = self.index
+            self.widgets["plane"].value = self.plane
+            self.widgets["alpha"].value = self.alpha
+            self.widgets["mode"].value = self.mode
+            if isinstance(self.window, str):
+                self.widgets["window"].value = self.window
+        finally:
+            self._syncing = False
+        self._refresh_output()
+
+    def _refresh_output(self) -> None:
+        if self._output is None:
+            return
+        from IPython.display import display
+
+        self._output.clear_output(wait=True)
+        with self._output:
+            display(figure_png(self.figure))
+
+    def show(self, interactive: bool | None = None) -> Any:
+        """Display the viewer: widgets when a front end exists (``interactive=None`` decides), else
+        the static three-plane figure. Returns what was displayed (VBox or Figure)."""
+        interactive = has_widget_frontend() if interactive is None else interactive
+        if interactive:
+            try:  # Colab renders ipywidgets 8 only through its custom widget manager
+                from google.colab import output  # type: ignore[import-not-found]
+
+                output.enable_custom_widget_manager()
+            except ImportError:
+                pass
+            from IPython.display import display
+
+            box = self.build_widgets()
+            display(box)
+            return box
+        fig = self.static_figure()
+        try:
+            from IPython.display import display
+
+            display(figure_png(fig))
+        except ImportError:
+            pass
+        return fig
+
+    def static_figure(self, planes: Sequence[str] = tuple(PLANES)) -> Figure:
+        """The headless twin of the widget: one row per plane at its best slice, with the current
+        window, opacity and mode, as one Figure (what papermill and CI store)."""
+        return show_slices(self.image, self.label, self.prediction, spacing=self.spacing, is_ct=self.is_ct,
+                           label_names=self.label_names, window=self.window, alpha=self.alpha, mode=self.mode,
+                           planes=planes, title=self.title)
+
+
+def show_slices(
+    image: np.ndarray,
+    label: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    is_ct: bool = False,
+    label_names: Mapping[int, str] | None = None,
+    window: str | tuple[float, float] | None = None,
+    alpha: float = 0.4,
+    mode: str | None = None,
+    planes: Sequence[str] = tuple(PLANES),
+    title: str = "",
+) -> Figure:
+    """A static figure: one row per plane, each at the slice with the most foreground, drawn exactly
+    as :class:`SliceViewer` draws it (the viewer's panels are copied, so the two cannot drift)."""
+    viewer = SliceViewer(image, label, prediction, spacing=spacing, is_ct=is_ct, label_names=label_names,
+                         window=window, alpha=alpha, mode=mode, title=title)
+    viewer._live = False  # draw only into the grid below
+    n_cols = len(viewer._panels())
+    if n_cols == 1:  # one panel per plane: lay the planes out side by side
+        fig = Figure(figsize=(4.0 * len(planes), 4.2), layout="constrained")
+        grid = fig.subplots(1, len(planes), squeeze=False).T
+    else:
+        fig = Figure(figsize=(4.2 * n_cols, 3.6 * len(planes)), layout="constrained")
+        grid = fig.subplots(len(planes), n_cols, squeeze=False)
+    for row, plane in zip(grid, planes):
+        viewer.update(plane=plane, index=viewer.best_index(plane))
+        viewer.draw_on(row)
+    viewer._decorate(fig)
+    return fig
+
+
+def plot_curves(
+    history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]],
+    *,
+    x: str = "epoch",
+    title: str = "training curves",
+    ylabel: Mapping[str, str] | None = None,
+    baselines: Mapping[str, float] | None = None,
+) -> Figure:
+    """Plot training curves: one panel for losses (any key containing "loss") and one for the
+    rest (Dice etc.). ``history`` is a dict of lists or a list of per-epoch dicts; ``baselines``
+    draws labelled horizontal lines (e.g. the threshold baseline's Dice) on the metric panel."""
+    if isinstance(history, Mapping):
+        series = {k: list(v) for k, v in history.items()}
+    else:
+        keys = sorted({k for row in history for k in row})
+        series = {k: [row.get(k, np.nan) for row in history] for k in keys}
+    xs = series.pop(x, None)
+    if not series:
+        raise ValueError(f"history has no series besides {x!r}: pass e.g. {{'epoch': [...], 'loss': [...]}}")
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    metrics = {k: v for k, v in series.items() if "loss" not in k}
+    groups = [(g, n) for g, n in ((losses, "loss"), (metrics, "metric")) if g]
+    fig = Figure(figsize=(5.5 * len(groups), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(groups), squeeze=False)[0]
+    for ax, (group, kind) in zip(axes, groups):
+        for name, values in group.items():
+            xv = xs if xs is not None and len(xs) == len(values) else range(1, len(values) + 1)
+            ax.plot(list(xv), values, marker="o" if len(values) < 30 else None, markersize=3, label=name)
+        if kind == "metric" and baselines:
+            for name, value in baselines.items():
+                ax.axhline(value, color="grey", linestyle="--", linewidth=1)
+                ax.annotate(name, (ax.get_xlim()[0], value), textcoords="offset points", xytext=(4, 3),
+                            fontsize=8, color="grey")
+        ax.set_xlabel(x)
+        ax.set_ylabel((ylabel or {}).get(kind, kind))
+        ax.set_title(f"{title}: {kind}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,160 @@
+"""The slice viewer draws what its controls say: check the matplotlib artists after each change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mednext_lite import viz
+
+
+@pytest.fixture
+def volume():
+    """A (x, y, z) = (20, 12, 8) volume with a distinct value per voxel and two labelled boxes."""
+    image = np.arange(20 * 12 * 8, dtype=np.float32).reshape(20, 12, 8)
+    label = np.zeros(image.shape, np.int64)
+    label[2:6, 3:5, 5] = 1  # all of label 1 in axial slice 5
+    label[10:12, 6:8, 2:4] = 2  # 4 voxels per slice: fewer than label 1 in slice 5
+    prediction = np.roll(label, 1, axis=0)
+    return image, label, prediction
+
+
+def _image_artist(viewer, panel=0):
+    return viewer.axes[panel].images[0]
+
+
+def test_extract_slice_orientation(volume):
+    image, _, _ = volume
+    sl = viz.extract_slice(image, "axial", 3)
+    assert sl.shape == (12, 20)  # rows = y, columns = x
+    assert sl[4, 7] == image[7, 4, 3]
+    assert viz.extract_slice(image, "coronal", 2).shape == (8, 20)
+    assert viz.extract_slice(image, "sagittal", 2)[5, 1] == image[2, 1, 5]
+    with pytest.raises(ValueError, match="outside the axial range 0..7"):
+        viz.extract_slice(image, "axial", 8)
+    with pytest.raises(ValueError, match="unknown plane"):
+        viz.extract_slice(image, "transverse", 0)
+
+
+def test_extent_and_aspect_follow_spacing():
+    assert viz.plane_extent((20, 12, 8), (0.5, 1.0, 3.0), "axial") == (0.0, 10.0, 0.0, 12.0)
+    assert viz.plane_extent((20, 12, 8), (0.5, 1.0, 3.0), "sagittal") == (0.0, 12.0, 0.0, 24.0)
+    assert viz.slice_aspect((0.5, 1.0, 3.0), "coronal") == pytest.approx(6.0)
+
+
+def test_windows():
+    ct = np.linspace(-1000, 1000, 101)
+    assert viz.window_limits(ct, "soft tissue", is_ct=True) == (-160.0, 240.0)
+    assert viz.window_limits(ct, "lung", is_ct=True) == (-1350.0, 150.0)
+    assert viz.window_limits(ct, "bone", is_ct=True) == (-500.0, 1300.0)
+    mri = np.arange(101, dtype=float)
+    assert viz.window_limits(mri, "5-95 %") == pytest.approx((5.0, 95.0))
+    assert viz.window_limits(mri, (10, 20)) == (10.0, 20.0)
+    with pytest.raises(ValueError, match="unknown window 'lung' for a non-CT"):
+        viz.window_limits(mri, "lung")
+    with pytest.raises(ValueError, match="vmax > vmin"):
+        viz.window_limits(mri, (5, 5))
+
+
+def test_initial_view_is_the_slice_with_most_foreground(volume):
+    image, label, _ = volume
+    viewer = viz.SliceViewer(image, label, spacing=(1.0, 2.0, 3.0))
+    assert viewer.plane == "axial" and viewer.index == 5
+    art = _image_artist(viewer)
+    np.testing.assert_array_equal(art.get_array(), image[:, :, 5].T)
+    assert tuple(art.get_extent()) == (0.0, 20.0, 0.0, 24.0)
+    overlay = viewer.axes[0].images[1]
+    assert overlay.get_alpha() == pytest.approx(0.4)
+    assert int(np.ma.count(overlay.get_array())) == 8  # the 4x2 voxels of label 1; background masked
+
+
+def test_widgets_drive_the_drawing(volume):
+    image, label, prediction = volume
+    viewer = viz.SliceViewer(image, label, prediction, spacing=(1.0, 2.0, 3.0), label_names={1: "a", 2: "b"})
+    viewer.build_widgets()
+    w = viewer.widgets
+    assert viewer.mode == "side by side" and len(viewer.axes) == 2
+    assert [ax.get_title().split("\n")[0] for ax in viewer.axes] == ["ground truth", "prediction"]
+
+    w["index"].value = 2
+    np.testing.assert_array_equal(_image_artist(viewer).get_array(), image[:, :, 2].T)
+
+    w["plane"].value = "sagittal"
+    assert w["index"].max == 19  # slider range follows the plane
+    assert viewer.index == w["index"].value
+    art = _image_artist(viewer)
+    np.testing.assert_array_equal(art.get_array(), image[viewer.index].T)
+    assert tuple(art.get_extent()) == (0.0, 24.0, 0.0, 24.0)
+    assert viewer.axes[0].get_xlabel() == "y (mm)" and viewer.axes[0].get_ylabel() == "z (mm)"
+
+    w["window"].value = "5-95 %"
+    lo, hi = np.percentile(image, (5, 95))
+    assert _image_artist(viewer).get_clim() == pytest.approx((lo, hi))
+
+    w["alpha"].value = 0.8
+    assert viewer.axes[1].images[1].get_alpha() == pytest.approx(0.8)
+
+    w["plane"].value = "axial"
+    w["index"].value = 5
+    w["mode"].value = "contours"
+    assert len(viewer.axes) == 1
+    assert len(viewer.axes[0].images) == 1  # no filled overlay, only lines
+    styles = [c.get_linestyle()[0][1] for c in viewer.axes[0].collections]
+    assert len(viewer.axes[0].collections) == 2  # label 1: ground truth (solid) and prediction (dashed)
+    assert styles[0] is None and styles[1] is not None
+
+
+def test_ct_presets_set_clim(volume):
+    _, label, _ = volume
+    ct = np.full(label.shape, -1000.0)
+    viewer = viz.SliceViewer(ct, label, is_ct=True)
+    assert _image_artist(viewer).get_clim() == (-160.0, 240.0)
+    viewer.build_widgets()
+    assert "lung" in viewer.widgets["window"].options
+    viewer.widgets["window"].value = "lung"
+    assert _image_artist(viewer).get_clim() == (-1350.0, 150.0)
+
+
+def test_bad_settings_name_the_fix(volume):
+    image, label, _ = volume
+    viewer = viz.SliceViewer(image, label)
+    with pytest.raises(ValueError, match="pass prediction="):
+        viewer.update(mode="contours")
+    with pytest.raises(ValueError, match="opacity"):
+        viewer.update(alpha=2)
+    with pytest.raises(ValueError, match="resample"):
+        viz.SliceViewer(image, label[:-1])
+    with pytest.raises(TypeError, match="unknown viewer setting"):
+        viewer.update(zoom=2)
+
+
+def test_channel_first_images_get_a_channel_control(volume):
+    image, label, _ = volume
+    stack = np.stack([image, -image])
+    viewer = viz.SliceViewer(stack, label)
+    viewer.build_widgets()
+    viewer.widgets["channel"].value = 1
+    np.testing.assert_array_equal(_image_artist(viewer).get_array(), -image[:, :, 5].T)
+
+
+def test_static_figure_matches_the_viewer(volume, monkeypatch):
+    image, label, prediction = volume
+    fig = viz.show_slices(image, label, prediction, spacing=(1.0, 2.0, 3.0))
+    assert len(fig.axes) == 6  # 3 planes x (ground truth, prediction)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), image[:, :, 5].T)
+    assert all(ax.get_title() and ax.get_xlabel().endswith("(mm)") for ax in fig.axes)
+    monkeypatch.setenv(viz.HEADLESS_ENV_VAR, "1")
+    assert not viz.has_widget_frontend()
+    shown = viz.SliceViewer(image, label).show()
+    assert len(shown.axes) == 3  # one panel per plane
+
+
+def test_plot_curves():
+    fig = viz.plot_curves([{"epoch": 1, "loss": 1.0, "dice": 0.1}, {"epoch": 2, "loss": 0.5, "dice": 0.4}],
+                          baselines={"threshold": 0.3})
+    loss_ax, metric_ax = fig.axes
+    np.testing.assert_array_equal(loss_ax.lines[0].get_ydata(), [1.0, 0.5])
+    assert metric_ax.lines[-1].get_ydata()[0] == 0.3
+    assert loss_ax.get_xlabel() == "epoch"
+    with pytest.raises(ValueError, match="no series"):
+        viz.plot_curves({"epoch": [1, 2]})
