@@ -1,0 +1,37 @@
+"""MSD data for mednext_lite: catalogue and download, dataset.json reader and validator, seeded
+splits, the embedded synthetic task, MONAI pipelines and cached datasets, and the
+intensity-only baseline. Command-line doors live in ``mednext_lite.data.commands``."""
+
+from .baseline import dice_per_class, threshold_baseline
+from .catalogue import DATA_ENV_VAR, MSD_TASKS, MSDTask, get_task, resolve_data_dir
+from .dataset import (
+    DatasetError,
+    TaskInfo,
+    get_or_make_split,
+    load_split,
+    load_task,
+    make_split,
+    read_image,
+    save_split,
+    validate_task,
+)
+from .download import DownloadError, download_task, fetch_archive, safe_extract
+from .synthetic import FLAVOURS, make_synthetic_task, synthesize_case
+from .transforms import DEFAULT_CT_WINDOW, get_transforms, make_dataset
+
+__all__ = [
+    "DATA_ENV_VAR", "DEFAULT_CT_WINDOW", "DatasetError", "DownloadError", "FLAVOURS", "MSDTask", "MSD_TASKS",
+    "TaskInfo", "dice_per_class", "download_task", "fetch_archive", "get_or_make_split", "get_task",
+    "get_transforms", "load_split", "load_task", "make_dataset", "make_split", "make_synthetic_task", "read_image",
+    "resolve_data_dir", "safe_extract", "save_split", "synthesize_case", "threshold_baseline", "validate_task",
+    "summarize_task", "save_montage", "add_data_subcommands",
+]
+
+
+def __getattr__(name: str):
+    # The command helpers pull in matplotlib; import them only when asked for.
+    if name in ("summarize_task", "save_montage", "add_data_subcommands"):
+        from . import commands
+
+        return getattr(commands, name)
+    raise AttributeError(f"module 'mednext_lite.data' has no attribute {name!r}")

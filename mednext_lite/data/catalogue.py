@@ -1,0 +1,123 @@
+"""Catalogue of the ten Medical Segmentation Decathlon (MSD) tasks and the data-root rule.
+
+Addresses and MD5 checksums are the public facts also carried by MONAI's DecathlonDataset; the
+modality and label tables mirror each task's released dataset.json, so a user can see what a
+task holds before paying for the download.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["MSDTask", "MSD_TASKS", "get_task", "resolve_data_dir", "DATA_ENV_VAR"]
+
+#: Environment variable that overrides the default data root (``./data``).
+DATA_ENV_VAR = "MEDNEXT_DATA"
+
+_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class MSDTask:
+    """One MSD task: where to fetch it, how to check it, and what it contains.
+
+    ``tensor_image_size`` is "4D" for the multi-modal tasks whose NIfTI images keep the
+    modalities on the last axis; ``size_mb`` is the approximate archive size, for the user's
+    benefit only (the MD5 is what is checked).
+    """
+
+    name: str
+    url: str
+    md5: str
+    modality: dict[str, str]
+    labels: dict[int, str]
+    tensor_image_size: str
+    size_mb: int
+
+    @property
+    def number(self) -> str:
+        """The two-digit task number, e.g. "04"."""
+        return self.name[4:6]
+
+    @property
+    def short_name(self) -> str:
+        """The name without the "TaskNN_" prefix, e.g. "Hippocampus"."""
+        return self.name.split("_", 1)[1]
+
+    @property
+    def is_ct(self) -> bool:
+        """True when the images are CT (int16 Hounsfield units)."""
+        return any(m.upper() == "CT" for m in self.modality.values())
+
+    @property
+    def archive_name(self) -> str:
+        """File name of the released archive, e.g. "Task04_Hippocampus.tar"."""
+        return f"{self.name}.tar"
+
+
+def _task(name: str, md5: str, modality: dict[str, str], labels: dict[int, str], dims: str, size_mb: int) -> MSDTask:
+    return MSDTask(name, f"{_BASE_URL}/{name}.tar", md5, modality, labels, dims, size_mb)
+
+
+MSD_TASKS: dict[str, MSDTask] = {
+    t.name: t
+    for t in [
+        _task("Task01_BrainTumour", "240a19d752f0d9e9101544901065d872",
+              {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+              {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}, "4D", 7100),
+        _task("Task02_Heart", "06ee59366e1e5124267b774dbd654057",
+              {"0": "MRI"}, {0: "background", 1: "left atrium"}, "3D", 440),
+        _task("Task03_Liver", "a90ec6c4aa7f6a3d087205e23d4e6397",
+              {"0": "CT"}, {0: "background", 1: "liver", 2: "cancer"}, "3D", 27000),
+        _task("Task04_Hippocampus", "9d24dba78a72977dbd1d2e110310f31b",
+              {"0": "MRI"}, {0: "background", 1: "Anterior", 2: "Posterior"}, "3D", 27),
+        _task("Task05_Prostate", "35138f08b1efaef89d7424d2bcc928db",
+              {"0": "T2", "1": "ADC"}, {0: "background", 1: "PZ", 2: "TZ"}, "4D", 230),
+        _task("Task06_Lung", "8afd997733c7fc0432f71255ba4e52dc",
+              {"0": "CT"}, {0: "background", 1: "cancer"}, "3D", 8500),
+        _task("Task07_Pancreas", "4f7080cfca169fa8066d17ce6eb061e4",
+              {"0": "CT"}, {0: "background", 1: "pancreas", 2: "cancer"}, "3D", 11500),
+        _task("Task08_HepaticVessel", "641d79e80ec66453921d997fbf12a29c",
+              {"0": "CT"}, {0: "background", 1: "Vessel", 2: "Tumour"}, "3D", 8900),
+        _task("Task09_Spleen", "410d4a301da4e5b2f6f86ec3ddba524e",
+              {"0": "CT"}, {0: "background", 1: "spleen"}, "3D", 1500),
+        _task("Task10_Colon", "bad7a188931dc2f6acf72b08eb6202d0",
+              {"0": "CT"}, {0: "background", 1: "colon cancer primaries"}, "3D", 5800),
+    ]
+}
+
+
+def get_task(name: str) -> MSDTask:
+    """Look up an MSD task by full name ("Task04_Hippocampus"), short name ("Hippocampus",
+    case-insensitive), number ("04", "4") or prefix ("Task04"); raise ``KeyError`` listing the
+    valid names when nothing matches."""
+    key = str(name).strip()
+    if key in MSD_TASKS:
+        return MSD_TASKS[key]
+    low = key.lower()
+    match = re.fullmatch(r"(?:task)?0*(\d{1,2})", low)
+    for task in MSD_TASKS.values():
+        if low in (task.name.lower(), task.short_name.lower()):
+            return task
+        if match and int(match.group(1)) == int(task.number):
+            return task
+    valid = ", ".join(MSD_TASKS)
+    raise KeyError(
+        f"unknown MSD task {name!r}: use a full name ({valid}), a short name such as 'Hippocampus', "
+        "or a number such as '04'"
+    )
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Return the data root: ``data_dir`` when given, else ``$MEDNEXT_DATA`` when set and
+    non-empty, else ``./data`` (relative to the current directory). The directory is not created
+    here; downloaders and writers create it when they first need it."""
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir).expanduser()
+    env = os.environ.get(DATA_ENV_VAR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path("data")
