@@ -1,0 +1,262 @@
+"""Run the lesson notebooks through papermill, as CI, the tests and ``make demo`` do.
+
+``notebooks/ci.yaml`` is the manifest: for each notebook the papermill parameters CI injects
+(tiny models, few iterations) and a time limit. The committed notebooks keep the real teaching
+values in their ``parameters`` cell; the manifest only overrides them, so there is no regex
+rewriting of source and the executed copy records exactly what ran. Every notebook writes a
+``summary.json`` into its ``output_dir`` parameter; :func:`run_notebook` returns it.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "NOTEBOOK_DIR", "REPO_ROOT", "BUILD_DIR", "NotebookSpec", "NotebookRun", "NotebookError",
+    "load_manifest", "run_notebook", "notebook_problems", "collect_csv", "plot_sweep",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+BUILD_DIR = REPO_ROOT / "build" / "notebooks"
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """One manifest entry: which notebook, the parameters CI injects, and its time limit."""
+
+    name: str
+    path: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_s: int = 300
+
+
+@dataclass
+class NotebookRun:
+    """An executed notebook: where the copy is, how long it took, and its ``summary.json``."""
+
+    spec: NotebookSpec
+    output_path: Path
+    output_dir: Path
+    seconds: float
+    summary: dict[str, Any]
+
+
+class NotebookError(RuntimeError):
+    """A notebook cell failed; the message shows the cell's source and the error it raised."""
+
+
+def load_manifest(path: str | os.PathLike | None = None) -> list[NotebookSpec]:
+    """Read ``notebooks/ci.yaml`` (or ``path``) into specs, in the manifest's order."""
+    import yaml
+
+    path = Path(path) if path is not None else NOTEBOOK_DIR / "ci.yaml"
+    data = yaml.safe_load(path.read_text())
+    entries = data.get("notebooks") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a top-level 'notebooks:' list of entries with name/parameters/timeout_s")
+    specs = []
+    for entry in entries:
+        name = entry["name"]
+        nb_path = (path.parent / f"{name}.ipynb").resolve()
+        if not nb_path.is_file():
+            raise ValueError(f"{path}: notebook {name!r} has no file {nb_path}; fix the name or add the notebook")
+        specs.append(NotebookSpec(name, nb_path, dict(entry.get("parameters") or {}), int(entry.get("timeout_s", 300))))
+    return specs
+
+
+def _spec(spec_or_name: NotebookSpec | str, manifest: str | os.PathLike | None) -> NotebookSpec:
+    if isinstance(spec_or_name, NotebookSpec):
+        return spec_or_name
+    specs = {s.name: s for s in load_manifest(manifest)}
+    if spec_or_name not in specs:
+        raise ValueError(f"notebook {spec_or_name!r} is not in the manifest: choose one of {sorted(specs)}")
+    return specs[spec_or_name]
+
+
+def run_notebook(
+    spec_or_name: NotebookSpec | str,
+    *,
+    build_dir: str | os.PathLike | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    manifest: str | os.PathLike | None = None,
+    kernel_name: str = "python3",
+) -> NotebookRun:
+    """Execute one notebook with its manifest parameters (plus ``parameters``) through papermill.
+
+    The executed copy goes to ``build_dir/<name>.ipynb`` (default ``build/notebooks``) and the
+    notebook's own outputs (figures, CSV, ``summary.json``) to ``build_dir/<name>/``. Widgets are
+    switched to static figures (no front end exists here). A failing cell raises
+    :class:`NotebookError` quoting the cell; the executed copy with the traceback is kept.
+    """
+    import papermill as pm
+
+    spec = _spec(spec_or_name, manifest)
+    build = Path(build_dir) if build_dir is not None else BUILD_DIR
+    build.mkdir(parents=True, exist_ok=True)
+    output_path = build / f"{spec.name}.ipynb"
+    output_dir = (build / spec.name).resolve()
+    params = {**spec.parameters, "output_dir": str(output_dir), **dict(parameters or {})}
+    # The kernel inherits this process's environment: force static figures and a headless backend.
+    env_changes = {"MEDNEXT_LITE_HEADLESS": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+    saved = {k: os.environ.get(k) for k in env_changes}
+    os.environ.update(env_changes)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(spec.path), str(output_path), parameters=params, kernel_name=kernel_name,
+            cwd=str(spec.path.parent), progress_bar=False, execution_timeout=spec.timeout_s,
+        )
+    except pm.PapermillExecutionError as err:
+        import nbformat
+
+        # papermill inserts a banner cell above the failure, so find the cell by its error output.
+        nb = nbformat.read(output_path, as_version=4)
+        failed = [c for c in nb.cells if c.cell_type == "code"
+                  and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        source = failed[0].source if failed else "?"
+        raise NotebookError(
+            f"{spec.name}: cell [{err.exec_count}] failed with {err.ename}: {err.evalue}\n"
+            f"--- cell source ---\n{source}\n--- executed copy: {output_path}"
+        ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - start
+    summary_path = output_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return NotebookRun(spec, output_path, output_dir, seconds, summary)
+
+
+def notebook_problems(path: str | os.PathLike) -> list[str]:
+    """What is wrong with a committed notebook: stored outputs or execution counts, no cell tagged
+    ``parameters``, or a first cell that is not the title markdown. Empty when clean."""
+    import nbformat
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+            problems.append(f"{path.name}: cell {i} stores outputs; regenerate with notebooks/_build.py "
+                            "or clear outputs before committing")
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        problems.append(f"{path.name}: {len(tagged)} cells tagged 'parameters', expected exactly one")
+    if not nb.cells or nb.cells[0].cell_type != "markdown" or not nb.cells[0].source.startswith("# "):
+        problems.append(f"{path.name}: the first cell must be the markdown title ('# ...')")
+    return problems
+
+
+def collect_csv(paths: str | Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Concatenate CSV result files (a glob pattern or a list) into one list of rows, adding a
+    ``source`` column; numbers are converted back from text. This is how papermill sweeps of
+    ``02_compound_scaling`` are gathered into one table."""
+    files = sorted(glob.glob(paths, recursive=True)) if isinstance(paths, str) else [str(p) for p in paths]
+    if not files:
+        raise ValueError(f"no CSV files match {paths!r}: run the notebook (its output_dir holds results.csv) first")
+    rows = []
+    for f in files:
+        with open(f, newline="") as handle:
+            for row in csv.DictReader(handle):
+                parsed: dict[str, Any] = {}
+                for key, value in row.items():
+                    try:
+                        parsed[key] = int(value)
+                    except (TypeError, ValueError):
+                        try:
+                            parsed[key] = float(value)
+                        except (TypeError, ValueError):
+                            parsed[key] = value
+                parsed["source"] = f
+                rows.append(parsed)
+    return rows
+
+
+def plot_sweep(rows: list[Mapping[str, Any]], x: str, y: str, *, group: str | None = None,
+               title: str | None = None, logx: bool = False) -> Any:
+    """Scatter/line plot of ``y`` against ``x`` over collected rows, one line per ``group`` value."""
+    from matplotlib.figure import Figure
+
+    missing = [k for k in (x, y, group) if k and rows and k not in rows[0]]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the rows; available: {sorted(rows[0])}")
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.subplots()
+    groups: dict[Any, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row[group] if group else y, []).append(row)
+    for name, members in groups.items():
+        members = sorted(members, key=lambda r: r[x])
+        ax.plot([r[x] for r in members], [r[y] for r in members], marker="o", label=str(name))
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title or f"{y} vs {x}")
+    ax.grid(alpha=0.3)
+    if group:
+        ax.legend(title=group, fontsize=8)
+    return fig
+
+
+class Lesson:
+    """The bookkeeping every lesson notebook shares, in one line of the notebook.
+
+    Seeds Python, NumPy and torch; picks the device (``"auto"``: CUDA when present) and prints
+    it; creates ``output_dir``; :meth:`show` saves a figure as PNG there and displays it;
+    :meth:`record` writes ``summary.json`` at once, so a crash later keeps what was measured.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, seed: int = 0, device: str = "auto") -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.seed = seed
+        self.out = Path(output_dir).expanduser().resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.summary: dict[str, Any] = {}
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        print(f"device: {self.device} ({name}), torch {torch.__version__}, seed {seed}, outputs in {self.out}")
+
+    def show(self, fig: Any, name: str) -> Path:
+        """Save ``fig`` as ``output_dir/name.png`` and display it inline; returns the path."""
+        path = self.out / f"{name}.png"
+        fig.savefig(path, dpi=90)
+        try:
+            from IPython.display import Image, display
+
+            display(Image(filename=str(path)))
+        except ImportError:
+            pass
+        return path
+
+    def record(self, **values: Any) -> None:
+        """Add ``values`` to ``summary.json`` (written atomically, now)."""
+        self.summary.update(values)
+        path = self.out / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.summary, indent=2, default=str))
+        os.replace(tmp, path)
+
+
+__all__.append("Lesson")

@@ -1,0 +1,103 @@
+"""The lesson notebooks: committed clean, generated from their sources, and executed through papermill
+with the parameters of notebooks/ci.yaml (executed copies land in build/notebooks/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import nbformat
+import pytest
+
+from mednext_lite import notebooks as nbrun
+
+NOTEBOOKS = sorted(nbrun.NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+MANIFEST = nbrun.load_manifest()
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("nb_build", nbrun.NOTEBOOK_DIR / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_six_lessons_and_the_manifest_lists_each_once():
+    names = [p.stem for p in NOTEBOOKS]
+    assert len(names) >= 1, names
+    assert sorted(s.name for s in MANIFEST) == names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_clean(path):
+    assert nbrun.notebook_problems(path) == []
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0].source
+    assert "colab.research.google.com/github/" in first and path.name in first
+    assert "What you will learn" in first
+    assert any("Try this" in c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "find_spec(\"mednext_lite\")" in nb.cells[1].source  # the idempotent install cell
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "output_dir" in params.source and "device" in params.source and "seed" in params.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_source(path):
+    built = _builder().build(nbrun.NOTEBOOK_DIR / "src" / f"{path.stem}.py")
+    committed = nbformat.read(path, as_version=4)
+    assert [c.source for c in committed.cells] == [c.source for c in built.cells], (
+        "notebook and notebooks/src differ: run python notebooks/_build.py")
+
+
+def test_problems_are_found(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.outputs = [nbformat.v4.new_output("stream", text="1")]
+    nb.cells = [nbformat.v4.new_markdown_cell("no title"), cell]
+    path = tmp_path / "bad.ipynb"
+    nbformat.write(nb, path)
+    problems = nbrun.notebook_problems(path)
+    assert len(problems) == 3
+    assert any("stores outputs" in p for p in problems) and any("'parameters'" in p for p in problems)
+
+
+def test_collect_csv_and_plot(tmp_path):
+    for i in range(2):
+        (tmp_path / f"run{i}").mkdir()
+        (tmp_path / f"run{i}" / "results.csv").write_text(f"variant,kernel,dice\nS,{3 + 2 * i},{0.5 + i / 10}\n")
+    rows = nbrun.collect_csv(str(tmp_path / "*" / "results.csv"))
+    assert [(r["kernel"], r["dice"]) for r in rows] == [(3, 0.5), (5, 0.6)]
+    fig = nbrun.plot_sweep(rows, "kernel", "dice", group="variant")
+    assert list(fig.axes[0].lines[0].get_xdata()) == [3, 5]
+    with pytest.raises(ValueError, match="no CSV files"):
+        nbrun.collect_csv(str(tmp_path / "nothing*.csv"))
+
+
+@pytest.mark.notebooks
+def test_failing_cell_is_quoted(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    params = nbformat.v4.new_code_cell("output_dir = '.'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# t"), params,
+                nbformat.v4.new_code_cell("claim = 2 + 2\nassert claim == 5, 'arithmetic is broken'")]
+    path = tmp_path / "99_fail.ipynb"
+    nbformat.write(nb, path)
+    spec = nbrun.NotebookSpec("99_fail", path, {}, 60)
+    with pytest.raises(nbrun.NotebookError, match="(?s)arithmetic is broken.*assert claim == 5"):
+        nbrun.run_notebook(spec, build_dir=tmp_path / "build")
+    assert (tmp_path / "build" / "99_fail.ipynb").is_file()
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", MANIFEST, ids=lambda s: s.name)
+def test_notebook_executes(spec, request):
+    request.node.add_marker(pytest.mark.timeout(spec.timeout_s + 60))
+    run = nbrun.run_notebook(spec)
+    assert run.output_path.is_file()
+    executed = nbformat.read(run.output_path, as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    assert run.summary, f"{spec.name} wrote no summary.json"
+    (run.output_dir / "seconds.json").write_text(json.dumps({"seconds": run.seconds}))
