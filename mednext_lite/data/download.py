@@ -10,6 +10,7 @@ So the transfer (HTTP Range resume) and the extraction loop are written here, wh
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import shutil
@@ -125,7 +126,7 @@ def fetch_archive(
         try:
             _transfer(url, part, progress=progress, timeout=timeout)
             break
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as err:
             if isinstance(err, urllib.error.HTTPError) and err.code < 500:
                 raise DownloadError(f"download of {url} failed with HTTP {err.code}: check the address") from err
             attempt += 1
