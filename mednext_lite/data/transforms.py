@@ -8,6 +8,8 @@ cache exactly that deterministic prefix, which is why the random steps come last
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,7 +143,27 @@ def get_transforms(
                 RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
                 RandGaussianNoised(keys="image", prob=0.15, std=0.05),
             ]
-    return Compose(steps)
+    compose = Compose(steps)
+    # A stable text key of the deterministic prefix: PersistentDataset names its cache files by
+    # it, and pickling the transform objects is not stable once they have been run.
+    compose.cache_signature = json.dumps({
+        "version": 1, "is_ct": info.is_ct, "keys": keys, "orientation": orientation,
+        "spacing": None if spacing is None else list(_as_triplet(spacing, "spacing")),
+        "crop_foreground": crop_foreground, "ct_window": list(ct_window or DEFAULT_CT_WINDOW) if info.is_ct else None,
+        "patch": list(patch), "channels": info.in_channels,
+    }, sort_keys=True)
+    return compose
+
+
+class _SignatureHash:
+    """``hash_transform`` for PersistentDataset that ignores the transform objects and hashes
+    the signature ``get_transforms`` recorded instead (stable across processes and runs)."""
+
+    def __init__(self, signature: str) -> None:
+        self.signature = signature
+
+    def __call__(self, _transforms: Any) -> bytes:
+        return hashlib.md5(self.signature.encode()).hexdigest().encode()
 
 
 def _plain(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -177,8 +199,9 @@ def make_dataset(
         directory.mkdir(parents=True, exist_ok=True)
         from monai.data.utils import pickle_hashing
 
-        return PersistentDataset(data=files, transform=transforms, cache_dir=directory,
-                                 hash_transform=pickle_hashing)
+        signature = getattr(transforms, "cache_signature", None)
+        hash_fn = pickle_hashing if signature is None else _SignatureHash(signature)
+        return PersistentDataset(data=files, transform=transforms, cache_dir=directory, hash_transform=hash_fn)
     if cache == "none":
         return Dataset(data=files, transform=transforms)
     raise ValueError(f"cache={cache!r} is invalid: use 'memory' (RAM), 'disk' (PersistentDataset) or 'none'")
