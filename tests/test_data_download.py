@@ -104,6 +104,30 @@ def test_cut_connection_is_resumed_automatically(tmp_path, archive):
     assert (task_dir / "dataset.json").exists()
 
 
+def test_complete_part_file_is_finished_without_refetch(tmp_path, archive):
+    data, md5 = archive
+    (tmp_path / f"{TASK}.tar.part").write_bytes(data)  # e.g. killed right before the rename
+    with LoopbackServer({"/t.tar": data}) as srv:
+        download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False)
+        assert srv.requests == [("/t.tar", f"bytes={len(data)}-")] and srv.bytes_sent == 0
+    assert (tmp_path / TASK / "dataset.json").exists()
+
+
+def test_existing_directories_are_never_overwritten(tmp_path, archive):
+    data, md5 = archive
+    by_hand = tmp_path / TASK
+    by_hand.mkdir()
+    (by_hand / "dataset.json").write_text("{}")
+    with LoopbackServer({"/t.tar": data}) as srv:
+        assert download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False) == by_hand
+        assert srv.requests == []
+        (by_hand / "dataset.json").unlink()
+        (by_hand / "notes.txt").write_text("mine")
+        with pytest.raises(DownloadError, match="Move or delete"):
+            download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False)
+    assert (by_hand / "notes.txt").read_text() == "mine"
+
+
 def test_server_without_range_support_restarts_cleanly(tmp_path, archive):
     data, md5 = archive
     (tmp_path / f"{TASK}.tar.part").write_bytes(b"garbage that is not a prefix")

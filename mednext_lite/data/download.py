@@ -235,6 +235,15 @@ def download_task(
     if marker.exists() and marker.read_text().strip() == (md5 or "unverified"):
         log.info("%s already extracted in %s", name, task_dir)
         return task_dir
+    if task_dir.exists():
+        # Never overwrite a directory we did not finish writing ourselves: it may be the user's.
+        if (task_dir / "dataset.json").exists() and not marker.exists():
+            log.info("%s exists without our marker (extracted by hand?); using it as is", task_dir)
+            return task_dir
+        raise DownloadError(
+            f"{task_dir} exists but is not a finished extraction of this archive (md5 {md5}); nothing was "
+            f"changed. Move or delete {task_dir} and run again to extract a fresh copy."
+        )
     archive = fetch_archive(url, root / f"{name}.tar", md5=md5, progress=progress, retries=retries)
     # Extract beside the final directory, then move into place, so an interrupted extraction
     # never leaves a task directory that looks complete.
@@ -243,12 +252,10 @@ def download_task(
         shutil.rmtree(staging)
     safe_extract(archive, staging, progress=progress)
     found = staging / name if (staging / name).is_dir() else _single_task_dir(staging, archive)
-    if task_dir.exists():
-        # A previous, unmarked (incomplete) extraction: replace it with the verified one.
-        shutil.rmtree(task_dir)
+    # The marker goes in before the move, so the task directory appears complete or not at all.
+    (found / EXTRACTED_MARKER).write_text((md5 or "unverified") + "\n")
     os.replace(found, task_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    marker.write_text((md5 or "unverified") + "\n")
     if not keep_archive:
         archive.unlink()
     return task_dir
