@@ -8,7 +8,14 @@ import tarfile
 
 import pytest
 
-from mednext_lite.data import DownloadError, download_task, get_task, load_task, resolve_data_dir, safe_extract
+from mednext_lite.data import (
+    DownloadError,
+    download_task,
+    get_task,
+    load_task,
+    resolve_data_dir,
+    safe_extract,
+)
 from mednext_lite.data.commands import download_main
 from mednext_lite.data.download import EXTRACTED_MARKER
 from mednext_lite.data.testing import LoopbackServer, build_msd_archive, tar_add_bytes
@@ -50,14 +57,13 @@ def test_good_archive_downloads_extracts_and_rerun_is_offline(tmp_path, archive)
 
 
 def test_wrong_md5_keeps_file_aside_and_deletes_nothing(tmp_path, archive):
-    data, md5 = archive
+    data, _ = archive
     good = tmp_path / "Task09_Spleen" / "keep.txt"
     good.parent.mkdir()
     good.write_text("precious")
     wrong = "0" * 32
-    with LoopbackServer({"/t.tar": data}) as srv:
-        with pytest.raises(DownloadError) as err:
-            download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=wrong, progress=False)
+    with LoopbackServer({"/t.tar": data}) as srv, pytest.raises(DownloadError) as err:
+        download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=wrong, progress=False)
     msg = str(err.value)
     assert "MD5" in msg and wrong in msg and f"{TASK}.tar.md5-mismatch" in msg and "run again" in msg
     assert (tmp_path / f"{TASK}.tar.md5-mismatch").read_bytes() == data
@@ -66,7 +72,7 @@ def test_wrong_md5_keeps_file_aside_and_deletes_nothing(tmp_path, archive):
 
 
 def test_existing_archive_with_wrong_md5_is_not_deleted(tmp_path, archive):
-    data, md5 = archive
+    data, _ = archive
     (tmp_path / f"{TASK}.tar").write_bytes(data)
     with LoopbackServer({"/t.tar": data}) as srv:
         with pytest.raises(DownloadError, match="Move or delete") as err:
@@ -161,9 +167,8 @@ def test_unsafe_members_refuse_whole_archive(tmp_path, kind):
             tar_add_bytes(tar, f"{TASK}/imagesTr/link", b"", kind=link_type, linkname=str(outside / "evil.txt"))
     data = path.read_bytes()
     root = tmp_path / "root"
-    with LoopbackServer({"/t.tar": data}) as srv:
-        with pytest.raises(DownloadError, match="unsafe members") as err:
-            download_task(TASK, root, url=srv.url("t.tar"), md5=hashlib.md5(data).hexdigest(), progress=False)
+    with LoopbackServer({"/t.tar": data}) as srv, pytest.raises(DownloadError, match="unsafe members") as err:
+        download_task(TASK, root, url=srv.url("t.tar"), md5=hashlib.md5(data).hexdigest(), progress=False)
     assert "nothing was written" in str(err.value)
     assert list(outside.iterdir()) == [] and not target_abs.exists()
     assert not (root / TASK).exists()
@@ -188,9 +193,8 @@ def test_non_http_scheme_is_refused(tmp_path):
 
 
 def test_http_404_names_status(tmp_path):
-    with LoopbackServer({}) as srv:
-        with pytest.raises(DownloadError, match="HTTP 404"):
-            download_task(TASK, tmp_path, url=srv.url("missing.tar"), progress=False, retries=0)
+    with LoopbackServer({}) as srv, pytest.raises(DownloadError, match="HTTP 404"):
+        download_task(TASK, tmp_path, url=srv.url("missing.tar"), progress=False, retries=0)
 
 
 def test_cli_download_uses_env_data_dir(tmp_path, archive, monkeypatch, capsys):

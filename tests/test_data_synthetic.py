@@ -11,7 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mednext_lite.data import load_task, make_synthetic_task, synthesize_case, threshold_baseline
+from mednext_lite.data import (
+    load_task,
+    make_synthetic_task,
+    synthesize_case,
+    threshold_baseline,
+)
 from mednext_lite.data.dataset import REQUIRED_KEYS as MSD_KEYS
 
 

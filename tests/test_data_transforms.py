@@ -9,8 +9,19 @@ import pytest
 import torch
 from monai.data import DataLoader
 
-from mednext_lite.data import get_transforms, load_task, make_dataset, make_synthetic_task
-from mednext_lite.data.commands import add_data_subcommands, inspect_main, save_montage, summarize_task, synthesize_main
+from mednext_lite.data import (
+    get_transforms,
+    load_task,
+    make_dataset,
+    make_synthetic_task,
+)
+from mednext_lite.data.commands import (
+    add_data_subcommands,
+    inspect_main,
+    save_montage,
+    summarize_task,
+    synthesize_main,
+)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ such a rule labels all foreground with one class and the mean foreground Dice st
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .dataset import TaskInfo, load_task, read_image
 
-__all__ = ["threshold_baseline", "dice_per_class"]
+__all__ = ["dice_per_class", "threshold_baseline"]
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: Sequence[int]) -> dict[int, float]:

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MSDTask", "MSD_TASKS", "get_task", "resolve_data_dir", "DATA_ENV_VAR"]
+__all__ = ["DATA_ENV_VAR", "MSD_TASKS", "MSDTask", "get_task", "resolve_data_dir"]
 
 #: Environment variable that overrides the default data root (``./data``).
 DATA_ENV_VAR = "MEDNEXT_DATA"

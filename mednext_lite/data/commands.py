@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,8 +23,12 @@ from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
 
 __all__ = [
-    "add_data_subcommands", "summarize_task", "save_montage",
-    "download_main", "synthesize_main", "inspect_main",
+    "add_data_subcommands",
+    "download_main",
+    "inspect_main",
+    "save_montage",
+    "summarize_task",
+    "synthesize_main",
 ]
 
 _DATA_DIR_HELP = f"data root (default: ${DATA_ENV_VAR} if set, else ./data)"
@@ -73,7 +77,7 @@ def summarize_task(info: TaskInfo, *, max_cases: int | None = None, progress: bo
         + (f"  (statistics from the first {len(cases)})" if len(cases) < len(info.training) else ""),
         f"image       {info.tensor_image_size}, {info.in_channels} channel(s): "
         + ", ".join(f"{k}={v}" for k, v in info.modality.items()) + ("  [CT: HU window]" if info.is_ct else ""),
-        f"labels      " + ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items())),
+        "labels      " + ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items())),
     ]
     if cases:
         sh, sp = np.array(shapes), np.array(spacings)

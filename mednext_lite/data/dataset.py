@@ -10,25 +10,28 @@ from __future__ import annotations
 import json
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from tqdm.auto import tqdm
 
 __all__ = [
+    "REQUIRED_KEYS",
     "DatasetError",
     "TaskInfo",
-    "load_task",
-    "validate_task",
-    "read_image",
-    "make_split",
-    "save_split",
-    "load_split",
     "get_or_make_split",
-    "REQUIRED_KEYS",
+    "load_split",
+    "load_task",
+    "make_split",
+    "read_image",
+    "save_split",
+    "validate_task",
 ]
 
 #: Keys every MSD dataset.json carries; the reader needs only some of them but reports all.
@@ -42,6 +45,10 @@ _ESSENTIAL_KEYS = ("modality", "labels", "training")
 # Geometry tolerance: affines are compared in millimetres; 1e-3 mm absorbs float32 round-off in
 # headers written by different tools while still catching a wrong spacing or origin.
 _AFFINE_ATOL = 1e-3
+
+# What nibabel raises on bad files: unknown format, bad header values, gzip/zlib damage, short
+# reads of a truncated file.
+_NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 
 class DatasetError(ValueError):
@@ -102,11 +109,11 @@ def _resolve(root: Path, rel: str) -> Path:
 def _read_json(task_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
     path = task_dir / "dataset.json"
     if not task_dir.is_dir():
-        return None, [f"{task_dir}: task directory does not exist; download it (data_scripts/download_msd.py) "
-                      "or write one (data_scripts/make_synthetic_task.py)"]
+        return None, [(f"{task_dir}: task directory does not exist; download it (data_scripts/download_msd.py) "
+                       "or write one (data_scripts/make_synthetic_task.py)")]
     if not path.is_file():
-        return None, [f"{path}: missing; an MSD task needs dataset.json beside imagesTr/ and labelsTr/ "
-                      "(re-extract the archive)"]
+        return None, [(f"{path}: missing; an MSD task needs dataset.json beside imagesTr/ and labelsTr/ "
+                       "(re-extract the archive)")]
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -125,8 +132,8 @@ def _parse(task_dir: Path, meta: dict[str, Any]) -> tuple[TaskInfo | None, list[
     try:
         labels = {int(k): str(v) for k, v in dict(meta["labels"]).items()}
     except (TypeError, ValueError):
-        return None, problems + [f"{path}: 'labels' must map integer values to names, e.g. {{\"0\": \"background\"}}, "
-                                 f"got {meta['labels']!r}"]
+        return None, problems + [(f"{path}: 'labels' must map integer values to names, e.g. "
+                                  f"{{\"0\": \"background\"}}, got {meta['labels']!r}")]
     if 0 not in labels:
         problems.append(f"{path}: 'labels' has no background entry \"0\"; add \"0\": \"background\"")
     modality = {str(k): str(v) for k, v in dict(meta["modality"]).items()}
@@ -171,11 +178,11 @@ def _load_checked(path: Path, what: str) -> tuple[Any, np.ndarray | None, str | 
     fix = "re-extract it from the archive (or regenerate the task)"
     try:
         img = nib.load(str(path))
-    except Exception as err:  # nibabel raises several families for bad headers
+    except _NIFTI_ERRORS as err:
         return None, None, f"{path}: {what} is not a readable NIfTI file ({type(err).__name__}: {err}); {fix}"
     try:
         data = np.asanyarray(img.dataobj)
-    except (EOFError, OSError, ValueError, zlib.error) as err:
+    except _NIFTI_ERRORS as err:
         return img, None, f"{path}: {what} is truncated or corrupt ({type(err).__name__}: {err}); {fix}"
     return img, data, None
 
@@ -196,11 +203,11 @@ def _check_case(info: TaskInfo, case: dict[str, Path], check_contents: bool) -> 
         img, lbl, img_data, lbl_data, err_i, err_l = None, None, None, None, None, None
         try:
             img = nib.load(str(image_path))
-        except Exception as err:
+        except _NIFTI_ERRORS as err:
             err_i = f"{image_path}: image is not a readable NIfTI file ({err}); re-extract it"
         try:
             lbl = nib.load(str(label_path))
-        except Exception as err:
+        except _NIFTI_ERRORS as err:
             err_l = f"{label_path}: label is not a readable NIfTI file ({err}); re-extract it"
     problems += [e for e in (err_i, err_l) if e]
     if img is None or lbl is None:
@@ -239,7 +246,7 @@ def _check_case(info: TaskInfo, case: dict[str, Path], check_contents: bool) -> 
                 problems.append(f"{label_path}: label has non-integer values {values[values != np.round(values)][:5].tolist()}; "
                                 "it was probably resampled with linear interpolation: use nearest neighbour")
             else:
-                unknown = sorted(set(int(v) for v in values) - set(info.labels))
+                unknown = sorted({int(v) for v in values} - set(info.labels))
                 if unknown:
                     problems.append(f"{label_path}: label values {unknown} are not declared in dataset.json "
                                     f"'labels' {sorted(info.labels)}; add them to 'labels' or relabel the file")

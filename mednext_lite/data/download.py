@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .catalogue import MSDTask, get_task, resolve_data_dir
 
-__all__ = ["DownloadError", "download_task", "fetch_archive", "safe_extract", "EXTRACTED_MARKER"]
+__all__ = ["EXTRACTED_MARKER", "DownloadError", "download_task", "fetch_archive", "safe_extract"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _transfer(url: str, part: Path, *, progress: bool, timeout: float) -> None:
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked by caller
+        response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:
             return  # the server says there is nothing past our size: the part file is complete
@@ -168,6 +168,13 @@ def _is_resource_fork(name: str) -> bool:
     return any(part.startswith("._") for part in Path(name).parts) or "__MACOSX" in Path(name).parts
 
 
+def _open_tar(archive: Path) -> tarfile.TarFile:
+    try:
+        return tarfile.open(archive, "r:*")
+    except (tarfile.TarError, OSError) as err:
+        raise DownloadError(f"{archive} is not a readable tar archive ({err}): delete it and download again") from err
+
+
 def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *, progress: bool = True) -> list[Path]:
     """Extract a tar archive into ``target`` after checking every member, and return the files
     written. The whole archive is refused (nothing written) when any member is an absolute path,
@@ -175,12 +182,8 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *, progr
     skipped."""
     archive, target = Path(archive), Path(target)
     target.mkdir(parents=True, exist_ok=True)
-    try:
-        tar = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError) as err:
-        raise DownloadError(f"{archive} is not a readable tar archive ({err}): delete it and download again") from err
     written: list[Path] = []
-    with tar:
+    with _open_tar(archive) as tar:
         members = tar.getmembers()
         problems = _archive_problems(members, target)
         if problems:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["make_synthetic_task", "synthesize_case", "FLAVOURS", "SyntheticFlavour"]
+__all__ = ["FLAVOURS", "SyntheticFlavour", "make_synthetic_task", "synthesize_case"]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import io
 import json
 import tarfile
 import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterable
 
 import nibabel as nib
 import numpy as np
@@ -156,7 +156,7 @@ class LoopbackServer:
         """Full http://127.0.0.1 address of ``path``."""
         return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:  # noqa: PYI034 - Self needs Python 3.11; we support 3.10
         self._thread.start()
         return self
 

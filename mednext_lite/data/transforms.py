@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from monai.transforms import (
 from .catalogue import resolve_data_dir
 from .dataset import TaskInfo
 
-__all__ = ["get_transforms", "make_dataset", "DEFAULT_CT_WINDOW", "AboveThreshold"]
+__all__ = ["DEFAULT_CT_WINDOW", "AboveThreshold", "get_transforms", "make_dataset"]
 
 #: Soft-tissue window in Hounsfield units (the one MONAI's spleen tutorial uses); it keeps
 #: organs, contrast-enhanced vessels and tumours, and clips air and bone.
@@ -63,7 +64,7 @@ class AboveThreshold:
         return f"AboveThreshold({self.threshold})"
 
 
-def _as_triplet(value: Sequence[float] | float | int, what: str) -> tuple:
+def _as_triplet(value: Sequence[float] | float, what: str) -> tuple:
     if isinstance(value, (int, float)):
         return (value,) * 3
     value = tuple(value)
