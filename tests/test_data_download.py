@@ -174,6 +174,7 @@ def test_unsafe_members_refuse_whole_archive(tmp_path, kind):
     assert not (root / TASK).exists()
     written = [p for p in root.rglob("*") if p.is_file() and p.name != f"{TASK}.tar"]
     assert written == []  # the good members were not extracted either
+    assert sorted(p.name for p in root.iterdir()) == [f"{TASK}.tar"]  # no staging left behind
 
 
 def test_safe_extract_skips_resource_forks(tmp_path):

@@ -253,7 +253,11 @@ def download_task(
     staging = root / f".{name}.extracting"
     if staging.exists():
         shutil.rmtree(staging)
-    safe_extract(archive, staging, progress=progress)
+    try:
+        safe_extract(archive, staging, progress=progress)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # only our own half-written staging area
+        raise
     found = staging / name if (staging / name).is_dir() else _single_task_dir(staging, archive)
     # The marker goes in before the move, so the task directory appears complete or not at all.
     (found / EXTRACTED_MARKER).write_text((md5 or "unverified") + "\n")
