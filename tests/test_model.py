@@ -1,0 +1,170 @@
+"""The network is the reference's, to the last parameter, in 2D and 3D."""
+
+import pytest
+import torch
+
+from mednext_lite import MedNeXt, MedNeXtConfig, create_mednext
+from mednext_lite.profile import count_parameters
+from mednext_lite.variants import preset_config
+
+# REFERENCE.md: in_channels=1, num_classes=3, no deep supervision; DS adds exactly 2,892.
+EXACT = {
+    ("S", 3, 3): 5_550_947, ("S", 3, 5): 5_980_579, ("S", 2, 3): 5_472_035, ("S", 2, 5): 5_542_179,
+    ("B", 3, 3): 10_526_339, ("B", 3, 5): 10_955_971, ("B", 2, 3): 10_447_427, ("B", 2, 5): 10_517_571,
+    ("M", 3, 3): 17_548_995, ("M", 3, 5): 18_260_867, ("M", 2, 3): 17_418_243, ("M", 2, 5): 17_534_467,
+    ("L", 3, 3): 61_779_299, ("L", 3, 5): 62_992_931, ("L", 2, 3): 61_556_387, ("L", 2, 5): 61_754_531,
+}
+DS_EXTRA = 2_892
+
+
+@pytest.mark.parametrize("deep_supervision", [False, True])
+@pytest.mark.parametrize("variant,spatial_dims,k", sorted(EXACT))
+def test_exact_parameter_counts(variant, spatial_dims, k, deep_supervision):
+    config = preset_config(variant, 1, 3, k, spatial_dims, deep_supervision)
+    with torch.device("meta"):
+        model = MedNeXt(config)
+    expected = EXACT[(variant, spatial_dims, k)] + (DS_EXTRA if deep_supervision else 0)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert count_parameters(config) == expected
+
+
+def test_create_mednext_matches_preset_and_switches_checkpointing():
+    assert create_mednext("s", 1, 3).config == preset_config("S", 1, 3)
+    assert not create_mednext("S", 1, 3).grad_checkpointing
+    with torch.device("meta"):
+        assert create_mednext("M", 1, 3).grad_checkpointing
+        assert create_mednext("L", 1, 3, spatial_dims=2).config.spatial_dims == 2
+    with pytest.raises(ValueError, match="choose one of S, B, M, L"):
+        create_mednext("XL", 1, 3)
+
+
+def tiny(**kw) -> MedNeXtConfig:
+    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=1, expansion_ratios=2, spatial_dims=3)
+    base.update(kw)
+    return MedNeXtConfig(**base)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_shapes_and_deep_supervision_in_train_and_eval(spatial_dims):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=spatial_dims, deep_supervision=True))
+    x = torch.randn(2, 2, *([32] * spatial_dims))
+    for mode in (model.train, model.eval):
+        mode()
+        out = model(x)
+        assert isinstance(out, list) and len(out) == 5
+        for i, o in enumerate(out):  # [full, 1/2, 1/4, 1/8, 1/16]
+            assert o.shape == (2, 3, *([32 // 2**i] * spatial_dims))
+    with model.full_resolution_only():
+        assert model(x).shape == (2, 3, *([32] * spatial_dims))
+    assert isinstance(model(x), list)  # the context restores deep supervision
+    full = model(x)[0]
+    model.set_deep_supervision(False)
+    assert torch.equal(model(x), full)  # the full-resolution output is the same tensor either way
+    with pytest.raises(ValueError, match="deep_supervision=True"):
+        MedNeXt(tiny()).set_deep_supervision(True)
+
+
+def test_anisotropic_input_and_batch_independence():
+    model = MedNeXt(tiny()).eval()
+    x = torch.randn(2, 2, 16, 32, 48)
+    out = model(x)
+    assert out.shape == (2, 3, 16, 32, 48)
+    torch.testing.assert_close(model(x[1:]), out[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_input_errors_name_value_and_fix():
+    model = MedNeXt(tiny())
+    with pytest.raises(ValueError, match=r"spatial size 100 .* not divisible by 16: pad to 112 or crop to 96"):
+        model(torch.randn(1, 2, 32, 100, 32))
+    with pytest.raises(ValueError, match=r"spatial size 8 .*pad to 16"):
+        model(torch.randn(1, 2, 32, 8, 32))
+    with pytest.raises(ValueError, match=r"3 channels but the model expects in_channels=2"):
+        model(torch.randn(1, 3, 32, 32, 32))
+    with pytest.raises(ValueError, match=r"expected a 5D input"):
+        model(torch.randn(2, 32, 32, 32))
+
+
+def test_config_validation_and_roundtrip():
+    with pytest.raises(ValueError, match="expected 9"):
+        MedNeXtConfig(block_counts=(2, 2, 2))
+    with pytest.raises(ValueError, match="odd"):
+        MedNeXtConfig(enc_kernel_size=4)
+    with pytest.raises(ValueError, match="norm='batch'"):
+        MedNeXtConfig(norm="batch")
+    with pytest.raises(TypeError, match="unknown MedNeXtConfig field"):
+        MedNeXtConfig().replace(kernel=5)
+    c = preset_config("L", 4, 7, 5, 2, True)
+    assert MedNeXtConfig.from_dict(c.to_dict()) == c
+    assert c.replace(kernel_size=3).enc_kernel_size == c.replace(kernel_size=3).dec_kernel_size == 3
+
+
+def test_separate_encoder_decoder_kernels():
+    model = MedNeXt(tiny(enc_kernel_size=3, dec_kernel_size=5))
+    assert model.encoders[0][0].conv1.kernel_size == (3, 3, 3)
+    assert model.downs[3].conv1.kernel_size == (3, 3, 3)
+    assert model.bottleneck[0].conv1.kernel_size == (5, 5, 5)
+    assert model.ups[0].conv1.kernel_size == (5, 5, 5)
+    assert model.decoders[0][0].conv1.kernel_size == (5, 5, 5)
+
+
+def test_down_block_uses_next_stage_ratio_and_up_block_its_decoder_stage():
+    r = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    model = MedNeXt(tiny(expansion_ratios=r))
+    for i in range(4):
+        down = model.downs[i].conv2
+        assert down.out_channels // down.in_channels == r[i + 1]
+        up = model.ups[i].conv2
+        assert up.out_channels // up.in_channels == r[8 - i]
+        assert model.decoders[i][0].conv2.out_channels // model.decoders[i][0].conv2.in_channels == r[8 - i]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_grad_checkpointing_gives_identical_gradients(spatial_dims):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=spatial_dims, deep_supervision=True))
+    x = torch.randn(1, 2, *([32] * spatial_dims))
+
+    def grads(checkpointing: bool):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(checkpointing)
+        sum(o.square().mean() for o in model(x)).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain, ckpt = grads(False), grads(True)
+    assert all(g is not None for g in plain)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm,grn", [("layer", False), ("group", True), ("layer", True)])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_layernorm_and_grn_variants_train(spatial_dims, norm, grn):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=spatial_dims, norm=norm, grn=grn))
+    x = torch.randn(2, 2, *([16] * spatial_dims))
+    out = model(x)
+    assert out.shape == (2, 3, *([16] * spatial_dims)) and torch.isfinite(out).all()
+    out.mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    if grn:  # GRN starts as the identity (gamma = beta = 0) but receives gradient
+        assert model.encoders[0][0].grn.gamma.abs().sum() == 0
+        assert model.encoders[0][0].grn.gamma.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_gives_same_outputs_and_gradients(spatial_dims):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=spatial_dims, enc_kernel_size=5, dec_kernel_size=5))
+    x = torch.randn(2, 2, *([16] * spatial_dims))
+    ref = model(x)
+    ref.square().mean().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    fmt = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    model.zero_grad(set_to_none=True)
+    model = model.to(memory_format=fmt)
+    out = model(x.to(memory_format=fmt))
+    out.square().mean().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    for a, p in zip(ref_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-3, atol=1e-5)
