@@ -1,0 +1,334 @@
+"""The ``mednext-lite`` command: train, predict, evaluate, profile and data (download/synthesize/inspect).
+
+Every subcommand is a thin door into the package: it parses flags, calls one library function,
+and turns library errors (ValueError and friends, which name the problem and the fix) into a
+one-line message and exit status 2 instead of a traceback. Defaults follow the paper
+(MedNeXt-S k3, 3D, deep supervision, 1000 x 250 iterations, 128^3 patches); ``--quickstart``
+swaps in the CPU-sized settings of :meth:`TrainConfig.cpu_quickstart`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser", "resolve_task_dir"]
+
+_SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", "synthetic-mri4d": "mri4d"}
+
+
+def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic: bool = True) -> Path:
+    """Find a task directory from ``--task``: an existing path, a folder under the data root, an
+    MSD name/number ("Hippocampus", "04") or ``synthetic`` / ``synthetic-ct`` / ``synthetic-mri4d``
+    (written on first use). A missing MSD task is an error telling how to download it."""
+    from .data.catalogue import get_task, resolve_data_dir
+
+    path = Path(task).expanduser()
+    if (path / "dataset.json").is_file():
+        return path
+    root = resolve_data_dir(data_dir)
+    if (root / task / "dataset.json").is_file():
+        return root / task
+    key = task.strip().lower()
+    if key in _SYNTHETIC:
+        from .data.synthetic import FLAVOURS, make_synthetic_task
+
+        flavour = _SYNTHETIC[key]
+        target = root / FLAVOURS[flavour].task_name
+        if (target / "dataset.json").is_file() or not create_synthetic:
+            return target
+        return make_synthetic_task(root, flavour=flavour, progress=True)
+    try:
+        msd = get_task(task)
+    except KeyError as err:
+        raise ValueError(f"--task {task!r} is neither a task directory nor a known task: {err.args[0]}") from None
+    target = root / msd.name
+    if not (target / "dataset.json").is_file():
+        raise ValueError(f"task {msd.name} is not under {root}: fetch it with `mednext-lite data download "
+                         f"{msd.short_name} --data-dir {root}` or pass --data-dir")
+    return target
+
+
+def _patch(values: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
+    if not values:
+        return None
+    values = tuple(values)
+    return values * spatial_dims if len(values) == 1 else values
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train MedNeXt on an MSD-layout task (resumable, DDP-ready)",
+                       description="Train MedNeXt with the paper's recipe. Run under `torchrun --nproc_per_node N` "
+                                   "for multi-process DDP (gloo on CPU, nccl on GPU).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="data root (default: $MEDNEXT_DATA or ./data)")
+    g.add_argument("--task", default="synthetic",
+                   help="task directory, MSD name/number (e.g. Hippocampus, 04) or synthetic[-ct|-mri4d]")
+    g.add_argument("--fold", type=int, default=0, help="cross-validation fold held out for validation")
+    g.add_argument("--n-folds", type=int, default=5, help="number of folds of the split")
+    g.add_argument("--spacing", type=float, nargs="+", default=None, help="resample to this spacing in mm (1 or 3 values)")
+    g.add_argument("--cache", choices=("memory", "disk", "none"), default="memory", help="dataset cache")
+    g.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
+    g.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
+    m = p.add_argument_group("model")
+    m.add_argument("--variant", default="S", choices=("S", "B", "M", "L"), help="MedNeXt preset")
+    m.add_argument("--kernel", type=int, default=3, help="depthwise kernel size (3 or 5 in the paper)")
+    m.add_argument("--spatial-dims", type=int, default=3, choices=(2, 3), help="3D, or 2D on slices")
+    m.add_argument("--base-width", type=int, default=None, help="override the base width C (preset: 32)")
+    m.add_argument("--blocks", type=int, default=None, help="override blocks per stage (all stages)")
+    m.add_argument("--no-deep-supervision", action="store_true", help="train the full-resolution head only")
+    m.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
+                   help="recompute activations in backward (auto: on for M and L, as in the paper)")
+    m.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    m.add_argument("--upkern-from", default=None, help="initialise from a small-kernel checkpoint with UpKern")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=None, help="epochs (paper 1000; quickstart 40)")
+    o.add_argument("--iters", type=int, default=None, help="iterations per epoch (paper 250; quickstart 25)")
+    o.add_argument("--batch", type=int, default=None, help="patches per process per iteration (paper 2)")
+    o.add_argument("--patch", type=int, nargs="+", default=None,
+                   help="patch size, one value or one per axis, divisible by 16 (paper 128; quickstart 32)")
+    o.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    o.add_argument("--weight-decay", type=float, default=3e-5, help="AdamW weight decay")
+    o.add_argument("--eps", type=float, default=1e-4, help="AdamW epsilon (1e-8 gives NaNs in fp16)")
+    o.add_argument("--grad-clip", type=float, default=12.0, help="gradient-norm clipping")
+    o.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="mixed precision (CUDA only)")
+    o.add_argument("--seed", type=int, default=0, help="seed of the split, sampling and augmentation")
+    v = p.add_argument_group("validation")
+    v.add_argument("--val-every", type=int, default=None, help="validate every N epochs (and after the last)")
+    v.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    v.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending")
+    v.add_argument("--sw-batch-size", type=int, default=None, help="windows per forward pass")
+    v.add_argument("--max-val-cases", type=int, default=None, help="validate on the first N cases only")
+    v.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
+    r = p.add_argument_group("run")
+    r.add_argument("--quickstart", action="store_true",
+                   help="CPU-sized defaults (S blocks at width 16, 1 block/stage, 32^3, 40x25 it)")
+    r.add_argument("--run-dir", default=None, help="output directory (default runs/<task>_<variant>k<k>_<d>d_fold<f>)")
+    r.add_argument("--resume", action="store_true", help="continue exactly from <run-dir>/last.pt")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train_command)
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    task_dir = resolve_task_dir(args.task, args.data_dir)
+    overrides: dict[str, Any] = {}
+    if args.base_width is not None:
+        overrides["base_width"] = args.base_width
+    if args.blocks is not None:
+        overrides["block_counts"] = args.blocks
+    kw: dict[str, Any] = dict(
+        task_dir=str(task_dir), variant=args.variant, kernel_size=args.kernel, spatial_dims=args.spatial_dims,
+        deep_supervision=not args.no_deep_supervision, fold=args.fold, n_folds=args.n_folds,
+        spacing=tuple(args.spacing) if args.spacing else None, cache=args.cache, num_workers=args.num_workers,
+        augment=not args.no_augment, channels_last=args.channels_last, upkern_from=args.upkern_from,
+        lr=args.lr, weight_decay=args.weight_decay, eps=args.eps, grad_clip=args.grad_clip, amp=args.amp,
+        seed=args.seed, val_overlap=args.overlap, val_blend=args.blend, max_val_cases=args.max_val_cases,
+        hd95=args.hd95, resume=args.resume, device=args.device, progress=not args.no_progress,
+        grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing],
+    )
+    if args.run_dir:
+        kw["run_dir"] = args.run_dir
+    for flag, name in (("epochs", "epochs"), ("iters", "iters_per_epoch"), ("batch", "batch_size"),
+                       ("val_every", "val_every"), ("sw_batch_size", "sw_batch_size")):
+        if getattr(args, flag) is not None:
+            kw[name] = getattr(args, flag)
+    patch = _patch(args.patch, args.spatial_dims)
+    if patch is not None:
+        kw["patch_size"] = patch
+    if args.quickstart:
+        if overrides:
+            base = {"base_width": 16, "block_counts": 1}
+            base.update(overrides)
+            kw["model_overrides"] = base
+        return TrainConfig.cpu_quickstart(**kw)
+    kw["model_overrides"] = overrides
+    return TrainConfig(**kw)
+
+
+def _train_command(args: argparse.Namespace) -> int:
+    from .train import TrainingDiverged, train
+
+    cfg = _train_config(args)
+    try:
+        result = train(cfg)
+    except TrainingDiverged as err:
+        print(f"mednext-lite train: stopped: {err}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"run_dir": str(result.run_dir), "last": str(result.last_checkpoint),
+                          "best": str(result.best_checkpoint) if result.best_checkpoint else None,
+                          "best_mean_dice": result.best_mean_dice, "best_epoch": result.best_epoch,
+                          "seconds": round(result.seconds, 1)}, indent=2))
+    return 0
+
+
+# -- predict -------------------------------------------------------------------------------------
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="segment NIfTI images with a checkpoint (output in the input's geometry)",
+                       description="Sliding-window prediction; writes one .nii.gz label map per input with the "
+                                   "input's shape and affine (preprocessing is undone with MONAI's Invertd).",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `mednext-lite train` (best.pt/last.pt)")
+    p.add_argument("--input", required=True, nargs="+", help="NIfTI files and/or folders of .nii.gz files")
+    p.add_argument("--output", required=True, help="folder for the predicted label maps")
+    p.add_argument("--task", default=None,
+                   help="task whose preprocessing to use (default: the one stored in the checkpoint)")
+    p.add_argument("--data-dir", default=None, help="data root for --task names")
+    p.add_argument("--patch", type=int, nargs="+", default=None, help="window size (default: training patch)")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
+    p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending")
+    p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--suffix", default="", help="appended to each output file name before .nii.gz")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    p.set_defaults(handler=_predict_command)
+
+
+def _input_files(inputs: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(q for q in path.iterdir() if q.name.endswith((".nii", ".nii.gz")) and not q.name.startswith("._"))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"--input {item} does not exist: pass NIfTI files or folders holding .nii.gz files")
+    if not files:
+        raise ValueError(f"no .nii/.nii.gz files found in {list(inputs)}")
+    return files
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data.dataset import load_task
+    from .data.transforms import get_transforms
+    from .inference import load_model, predict_files, window_size
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    model, ckpt = load_model(args.checkpoint, device=device)
+    tc = ckpt.get("train_config") or {}
+    if args.task:
+        task_dir = resolve_task_dir(args.task, args.data_dir, create_synthetic=False)
+    elif tc.get("task_dir"):
+        task_dir = Path(tc["task_dir"])
+    else:
+        raise ValueError(f"{args.checkpoint} stores no task: pass --task to choose the preprocessing")
+    info = load_task(task_dir, validate=False)
+    dims = model.config.spatial_dims
+    patch = _patch(args.patch, dims) or tuple(tc.get("patch_size") or (128,) * dims)
+    spacing = tc.get("spacing")
+    tf = get_transforms(info, mode="infer", patch_size=window_size(patch, dims, 3),
+                        spacing=tuple(spacing) if spacing else None)
+    written = predict_files(model, _input_files(args.input), args.output, tf, patch, suffix=args.suffix,
+                            overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size,
+                            device=device, amp=args.amp)
+    print(f"wrote {len(written)} label map(s) to {args.output}")
+    return 0
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+def _add_evaluate(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="Dice (and HD95) of predicted label maps against reference labels",
+                       description="Compare a folder of predictions (from `predict`) with reference labels matched by "
+                                   "file name; prints per-class and mean Dice and writes JSON + CSV.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--predictions", required=True, help="folder of predicted .nii.gz label maps")
+    p.add_argument("--labels", nargs="+", default=None, help="reference label files or folders")
+    p.add_argument("--task", default=None, help="use this task's labelsTr (all cases, or the --split's val cases)")
+    p.add_argument("--data-dir", default=None, help="data root for --task names")
+    p.add_argument("--split", default=None, help="split.json of a run: evaluate its validation cases only")
+    p.add_argument("--suffix", default="", help="suffix the predictions were written with")
+    p.add_argument("--hd95", action="store_true", help="also compute HD95 (mm)")
+    p.add_argument("--output", default=None, help="JSON report path (default <predictions>/evaluation.json)")
+    p.set_defaults(handler=_evaluate_command)
+
+
+def _evaluate_command(args: argparse.Namespace) -> int:
+    from .data.dataset import load_split, load_task
+    from .inference import evaluate_folder
+
+    names, num_classes, labels = None, None, None
+    if args.task:
+        info = load_task(resolve_task_dir(args.task, args.data_dir, create_synthetic=False), validate=False)
+        names = [info.labels[i] for i in sorted(info.labels) if i != 0]
+        num_classes = info.num_classes
+        labels = [c["label"] for c in info.training]
+    if args.split:
+        _, val = load_split(args.split)
+        labels = [c["label"] for c in val]
+    if args.labels:
+        labels = _input_files(args.labels)
+    if not labels:
+        raise ValueError("no reference labels: pass --labels FILES/FOLDERS, --task, or --split")
+    if num_classes is None:
+        import nibabel as nib
+        import numpy as np
+
+        num_classes = 1 + max(int(np.max(np.asanyarray(nib.load(str(path)).dataobj))) for path in labels)
+        num_classes = max(num_classes, 2)
+    out = Path(args.output) if args.output else Path(args.predictions) / "evaluation.json"
+    res = evaluate_folder(args.predictions, labels, num_classes, class_names=names, suffix=args.suffix,
+                          hd95=args.hd95, out_json=out)
+    for name, d in res["dice"].items():
+        hd = f"  HD95 {res['hd95'][name]:.2f} mm" if args.hd95 else ""
+        print(f"{name:>16}: Dice {d:.4f}{hd}")
+    print(f"{'mean':>16}: Dice {res['mean_dice']:.4f} over {res['n']} case(s); report {out}")
+    return 0
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mednext-lite`` parser (profile and data subcommands come from their modules)."""
+    parser = argparse.ArgumentParser(prog="mednext-lite", description="MedNeXt for 2D/3D medical segmentation: "
+                                     "train, predict, evaluate, profile, data.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_train(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    from .profile import add_profile_subcommand
+
+    add_profile_subcommand(sub)
+    data = sub.add_parser("data", help="download, synthesize or inspect MSD-layout tasks",
+                          description="Data tools: download an MSD task, write the synthetic task, inspect a task.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
+    from .data.commands import add_data_subcommands
+
+    add_data_subcommands(data_sub)
+    data.set_defaults(handler=lambda a, _p=data: (_p.print_help(), 2)[1])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        print(f"mednext-lite {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,656 @@
+"""Training engine: the paper's recipe, resumable checkpoints, validation, and DDP via torchrun.
+
+Recipe (MedNeXt / nnU-Net v1): Dice + CE with deep supervision, AdamW (lr 1e-3, eps 1e-4, weight
+decay 3e-5), poly learning-rate decay (exponent 0.9) stepped once per epoch, gradient-norm
+clipping at 12, epochs of a fixed number of iterations (250) rather than passes over the data,
+batch 2, 128^3 patches. AMP uses bf16 where the GPU supports it, else fp16 with a gradient
+scaler; on CPU it is off.
+
+Crash safety: every checkpoint is written to a temporary file and renamed over the old one, so
+a kill at any moment leaves the previous good file. ``last.pt`` holds everything needed to
+continue exactly (model, optimizer, scheduler, scaler, RNG states, epoch, step, history), and
+because every epoch reseeds all random number generators from ``(seed, epoch, rank)``, a resumed
+run replays the very batches an uninterrupted run would have drawn. A NaN/inf loss stops the run
+before the bad step is applied, leaving the last good checkpoint untouched.
+
+Distributed: run the same entry point under ``torchrun --nproc_per_node N``; each process trains
+on its shard (``DistributedSampler``), gradients are averaged by DDP (gloo on CPU, nccl on GPU),
+validation cases are split across ranks and their Dice sums added, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .inference import _summarise, evaluate_model, window_size
+from .losses import make_loss
+from .model import DIVISOR, MedNeXt, MedNeXtConfig
+from .variants import get_preset, preset_config
+
+from .interop import CheckpointError, model_from_checkpoint, save_checkpoint
+from .interop import load_checkpoint as _interop_load
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """:func:`mednext_lite.interop.load_checkpoint` (``weights_only`` loading), with any other failure of
+    the unpickler on a damaged file also reported as a :class:`CheckpointError` naming the file."""
+    try:
+        return _interop_load(path, map_location=map_location)
+    except CheckpointError:
+        raise
+    except Exception as err:  # the safe unpickler raises IndexError/KeyError/... on garbage bytes
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err}): "
+                              "use the previous checkpoint (last.pt / best.pt) or retrain") from None
+
+
+__all__ = [
+    "TrainConfig", "TrainResult", "Trainer", "train", "TrainingDiverged", "CheckpointError",
+    "load_checkpoint", "save_checkpoint", "model_from_checkpoint", "poly_lr", "build_model",
+]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyper-parameter of a run, as plain data (stored in ``config.json`` and in checkpoints).
+
+    Defaults are the paper's: MedNeXt-S k3 3D with deep supervision, 1000 epochs x 250 iterations,
+    batch 2, 128^3 patches, AdamW lr 1e-3 / eps 1e-4 / wd 3e-5, poly 0.9, clip 12. For a CPU-sized
+    run use :meth:`cpu_quickstart`.
+
+    Args:
+        task_dir: an MSD-layout task directory (dataset.json, imagesTr/, labelsTr/).
+        run_dir: where checkpoints, metrics and the split go (default ``runs/<task>_<variant>...``).
+        variant, kernel_size, spatial_dims: the preset (S/B/M/L), kernel and 2D/3D; a 2D model
+            trains on single slices of the 3D volumes and predicts them slice by slice.
+        model_overrides: :class:`MedNeXtConfig` fields replacing the preset's (e.g. base_width=16).
+        patch_size: training patch and sliding window (each divisible by 16; 2 sizes for 2D).
+        batch_size: patches per process per iteration (the global batch is this x processes).
+        num_samples: patches cut from each loaded case (batch_size must be a multiple of it).
+        amp: ``"auto"`` (bf16 if supported, else fp16 on CUDA; off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
+        grad_checkpointing: ``None`` follows the preset (on for M and L).
+        val_every: validate every this many epochs (and always after the last).
+        max_val_cases: validate on the first N validation cases only (``None`` = all).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
+        resume: continue from ``run_dir/last.pt``.
+        upkern_from: initialise from a small-kernel checkpoint with UpKern (ignored on resume).
+    """
+
+    task_dir: str = ""
+    run_dir: str = ""
+    variant: str = "S"
+    kernel_size: int = 3
+    spatial_dims: int = 3
+    deep_supervision: bool = True
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    batch_size: int = 2
+    num_samples: int = 1
+    patch_size: tuple[int, ...] = (128, 128, 128)
+    spacing: tuple[float, ...] | None = None
+    augment: bool = True
+    lr: float = 1e-3
+    eps: float = 1e-4
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    grad_clip: float = 12.0
+    amp: str = "auto"
+    channels_last: bool = False
+    grad_checkpointing: bool | None = None
+    seed: int = 0
+    fold: int = 0
+    n_folds: int = 5
+    val_every: int = 1
+    val_overlap: float = 0.5
+    val_blend: str = "gaussian"
+    sw_batch_size: int = 2
+    hd95: bool = False
+    max_val_cases: int | None = None
+    num_workers: int = 0
+    cache: str = "memory"
+    device: str = "auto"
+    resume: bool = False
+    upkern_from: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in (
+            (self.patch_size,) * self.spatial_dims if isinstance(self.patch_size, int) else self.patch_size)))
+        if self.spacing is not None:
+            sp = self.spacing
+            object.__setattr__(self, "spacing", tuple(float(s) for s in ((sp,) * 3 if isinstance(sp, (int, float)) else sp)))
+        object.__setattr__(self, "model_overrides", dict(self.model_overrides))
+        get_preset(self.variant)  # raises with the list of valid names
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims={self.spatial_dims!r}: use 2 or 3")
+        if len(self.patch_size) != self.spatial_dims:
+            raise ValueError(f"patch_size {self.patch_size} has {len(self.patch_size)} sizes but spatial_dims="
+                             f"{self.spatial_dims}: give {self.spatial_dims} sizes, e.g. {(self.patch_size[0],) * self.spatial_dims}")
+        for p in self.patch_size:
+            if p < DIVISOR or p % DIVISOR:
+                up = max(DIVISOR, -(-p // DIVISOR) * DIVISOR)
+                raise ValueError(f"patch size {p} is not a positive multiple of {DIVISOR}: use {up}")
+        if math.prod(p // DIVISOR for p in self.patch_size) < 2:
+            raise ValueError(f"patch_size {self.patch_size} leaves a single voxel at the 1/{DIVISOR} bottleneck, where "
+                             f"GroupNorm cannot normalise in training: make at least one size {2 * DIVISOR}")
+        for name in ("epochs", "iters_per_epoch", "batch_size", "num_samples", "val_every", "sw_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.batch_size % self.num_samples:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of num_samples={self.num_samples}: "
+                             f"use batch_size={self.num_samples * max(1, self.batch_size // self.num_samples)}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError(f"amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'off'")
+        if self.val_blend not in ("gaussian", "constant"):
+            raise ValueError(f"val_blend={self.val_blend!r}: use 'gaussian' or 'constant'")
+        if not 0.0 <= self.val_overlap < 1.0:
+            raise ValueError(f"val_overlap={self.val_overlap} must be in [0, 1), e.g. 0.5")
+        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
+            raise ValueError("lr, eps and grad_clip must be > 0 and weight_decay >= 0 "
+                             f"(got lr={self.lr}, eps={self.eps}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip})")
+        if self.cache not in ("memory", "disk", "none"):
+            raise ValueError(f"cache={self.cache!r}: use 'memory', 'disk' or 'none'")
+
+    @classmethod
+    def cpu_quickstart(cls, task_dir: str | os.PathLike = "", **overrides: Any) -> TrainConfig:
+        """A run sized for a laptop CPU on the synthetic task (minutes, not days): MedNeXt-S
+        blocks at base width 16 with one block per stage, 32^3 patches, batch 2, 40 epochs x 25
+        iterations, validation every 5 epochs. Everything else keeps the paper's recipe."""
+        base = dict(task_dir=str(task_dir), model_overrides={"base_width": 16, "block_counts": 1},
+                    epochs=40, iters_per_epoch=25, batch_size=2, patch_size=(32, 32, 32), val_every=5,
+                    sw_batch_size=4, num_workers=0)
+        base.update(overrides)
+        if "spatial_dims" in overrides and "patch_size" not in overrides:
+            base["patch_size"] = (32,) * int(overrides["spatial_dims"])
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown TrainConfig field(s) {sorted(unknown)}; valid: {[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return list(v)
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        return {k: plain(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        return cls().replace(**dict(data)) if data else cls()
+
+    def model_config(self, in_channels: int, num_classes: int) -> MedNeXtConfig:
+        """The network this run trains."""
+        return preset_config(self.variant, in_channels, num_classes, self.kernel_size, self.spatial_dims,
+                             self.deep_supervision, **self.model_overrides)
+
+    def default_run_dir(self) -> Path:
+        task = Path(self.task_dir).name or "task"
+        return Path("runs") / f"{task}_{self.variant}k{self.kernel_size}_{self.spatial_dims}d_fold{self.fold}"
+
+
+def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """The poly factor ``(1 - epoch / epochs) ** exponent`` applied to the initial learning rate."""
+    return max(0.0, 1.0 - epoch / epochs) ** exponent
+
+
+def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> MedNeXt:
+    """The MedNeXt of a run, with the preset's gradient-checkpointing default unless overridden."""
+    model = MedNeXt(cfg.model_config(in_channels, num_classes))
+    gc = get_preset(cfg.variant).grad_checkpointing if cfg.grad_checkpointing is None else cfg.grad_checkpointing
+    return model.set_grad_checkpointing(gc)
+
+
+@dataclass
+class TrainResult:
+    """What a finished run left behind."""
+
+    run_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_mean_dice: float
+    best_epoch: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _data_api() -> Any:
+    """The data package's functions (imported late so the model code never needs MONAI's I/O)."""
+    import types
+
+    from .data import dataset as ds
+    from .data import transforms as tf
+
+    return types.SimpleNamespace(load_task=ds.load_task, make_split=ds.make_split, save_split=ds.save_split,
+                                 load_split=ds.load_split, get_transforms=tf.get_transforms,
+                                 make_dataset=tf.make_dataset)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Plain containers only, so the checkpoint loads with weights_only=True.
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={name!r} but CUDA is not available: use --device cpu (or auto)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+# -- the trainer ---------------------------------------------------------------------------------
+
+class Trainer:
+    """One training run; ``Trainer(cfg).fit()`` or the :func:`train` shortcut.
+
+    Callbacks (optional, called on rank 0 only): ``on_epoch_end(metrics: dict)`` after each epoch
+    (for live curves in notebooks) and ``on_step_end(info: dict)`` after each iteration, where
+    ``info`` holds epoch, step, global_step, loss, lr and the model.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+        on_step_end: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if not cfg.task_dir:
+            raise ValueError("TrainConfig.task_dir is empty: point it at an MSD task directory "
+                             "(e.g. make one with `mednext-lite data synth`)")
+        self.cfg = cfg
+        self.on_epoch_end = on_epoch_end
+        self.on_step_end = on_step_end
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = _resolve_device(cfg.device, self.local_rank)
+        self.distributed = self.world_size > 1
+        self.is_main = self.rank == 0
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else cfg.default_run_dir()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _init_distributed(self) -> None:
+        if self.distributed and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    def _log(self, msg: str) -> None:
+        if self.is_main:
+            tqdm.write(msg, file=sys.stderr)
+
+    def _setup_data(self) -> None:
+        cfg, api = self.cfg, _data_api()
+        self.info = api.load_task(cfg.task_dir)
+        split_path = self.run_dir / "split.json"
+        # Rank 0 writes the split once; the others wait and read it, so every process (and every
+        # resumption) trains on exactly the same cases.
+        if self.is_main and not split_path.exists():
+            n_folds = min(cfg.n_folds, len(self.info.training))
+            if n_folds < 2:
+                raise ValueError(f"task {cfg.task_dir} has {len(self.info.training)} training case(s): "
+                                 "at least 2 are needed to hold one out for validation")
+            train_cases, val_cases = api.make_split(self.info.training, n_folds=n_folds, fold=cfg.fold, seed=cfg.seed)
+            api.save_split(split_path, train_cases, val_cases, fold=cfg.fold, n_folds=n_folds, seed=cfg.seed)
+        if self.distributed:
+            dist.barrier()
+        train_cases, val_cases = api.load_split(split_path)
+        if cfg.max_val_cases is not None:
+            val_cases = val_cases[: cfg.max_val_cases]
+        self.train_cases, self.val_cases = train_cases, val_cases
+        # A 2D model trains on (P, P, 1) slabs of the 3D volumes; the singleton axis is dropped per batch.
+        self.volume_patch = window_size(cfg.patch_size, cfg.spatial_dims, 3)
+        self.train_tf = api.get_transforms(self.info, mode="train", patch_size=self.volume_patch, spacing=cfg.spacing,
+                                           num_samples=cfg.num_samples, augment=cfg.augment)
+        self.val_tf = api.get_transforms(self.info, mode="val", patch_size=self.volume_patch, spacing=cfg.spacing)
+        self.train_ds = api.make_dataset(train_cases, self.train_tf, cache=cfg.cache)
+        my_val = val_cases[self.rank::self.world_size]
+        self.val_ds = api.make_dataset(my_val, self.val_tf, cache=cfg.cache) if my_val else []
+        from monai.data import DataLoader
+        from torch.utils.data import DistributedSampler
+
+        # One sampler for 1 or N processes: it shards by rank and reshuffles per epoch from the seed.
+        self.sampler = DistributedSampler(self.train_ds, num_replicas=self.world_size, rank=self.rank,
+                                          shuffle=True, seed=cfg.seed, drop_last=False)
+        self.loader = DataLoader(self.train_ds, batch_size=cfg.batch_size // cfg.num_samples, sampler=self.sampler,
+                                 num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda",
+                                 drop_last=len(self.sampler) >= cfg.batch_size // cfg.num_samples)
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
+        self.model = build_model(cfg, self.info.in_channels, self.info.num_classes)
+        if cfg.upkern_from and not cfg.resume:
+            from .upkern import upkern
+
+            report = upkern(self.model, cfg.upkern_from)
+            self._log(f"UpKern from {cfg.upkern_from}: {report}")
+        self.model.to(self.device)
+        if cfg.channels_last:
+            fmt = torch.channels_last_3d if cfg.spatial_dims == 3 else torch.channels_last
+            self.model.to(memory_format=fmt)
+        self.net: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.loss_fn = make_loss()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, eps=cfg.eps,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda e: poly_lr(e, cfg.epochs, cfg.poly_exponent))
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        if cfg.amp in ("bf16", "fp16") and self.device.type != "cuda":
+            self._log(f"amp={cfg.amp} requested on {self.device}: mixed precision is CUDA-only here, training in fp32")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    def _save(self, path: Path) -> None:
+        save_checkpoint(
+            path, self.model,
+            train_config=self.cfg.to_dict(), epoch=self.epoch, global_step=self.global_step,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            rng=_rng_state(), history=self.history, best_mean_dice=self.best_dice, best_epoch=self.best_epoch,
+            class_names=[self.info.labels[i] for i in sorted(self.info.labels) if i != 0],
+        )
+
+    def _resume(self) -> None:
+        if not self.last_path.exists():
+            raise ValueError(f"--resume given but {self.last_path} does not exist: start without --resume "
+                             "or point --run-dir at the run to continue")
+        ckpt = load_checkpoint(self.last_path, map_location="cpu")
+        stored = MedNeXtConfig.from_dict(ckpt["config"])
+        if stored != self.model.config:
+            raise ValueError(f"{self.last_path} holds a different network ({stored}) than this run builds "
+                             f"({self.model.config}): resume with the run's original flags (see {self.run_dir / 'config.json'})")
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler") is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
+        self.history = list(ckpt.get("history", []))
+        self.best_dice = float(ckpt.get("best_mean_dice", -1.0))
+        self.best_epoch = int(ckpt.get("best_epoch", -1))
+        self._log(f"resumed {self.last_path} at epoch {self.epoch} (step {self.global_step})")
+
+    # -- metrics files -------------------------------------------------------------------------
+    def _write_metrics(self) -> None:
+        # Rewritten in full from the history each epoch (atomically), so the files always agree
+        # with last.pt, including after a crash and resume.
+        keys: list[str] = []
+        for row in self.history:
+            keys += [k for k in row if k not in keys]
+        tmp = self.run_dir / f".metrics.csv.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.history)
+        os.replace(tmp, self.run_dir / "metrics.csv")
+        _atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.history, indent=1) + "\n")
+        try:
+            self._plot()
+        except Exception as err:  # a figure must never kill a run
+            self._log(f"could not draw curves: {err}")
+
+    def _plot(self) -> None:
+        from .viz import plot_curves
+
+        keep = [k for k in (self.history[-1] if self.history else {})
+                if k == "epoch" or k == "train_loss" or k.startswith("val_dice")]
+        rows = [{k: r.get(k, float("nan")) for k in keep} for r in self.history]
+        fig = plot_curves(rows, title=self.run_dir.name)
+        tmp = self.run_dir / f".curves.tmp{os.getpid()}.png"
+        fig.savefig(tmp, dpi=90)
+        os.replace(tmp, self.run_dir / "curves.png")
+
+    # -- loops ---------------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
+        n_pass = 0
+        while True:
+            # Distinct shuffles for every pass of every epoch, all derived from the seed.
+            self.sampler.set_epoch(epoch * 1000 + n_pass)
+            yield from self.loader
+            n_pass += 1
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x).to(self.device, non_blocking=True)
+        if self.cfg.spatial_dims == 2 and x.ndim == 5:
+            x = x[..., 0]
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
+        return x
+
+    def _any_rank(self, flag: bool) -> bool:
+        if not self.distributed:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _train_epoch(self) -> float:
+        cfg = self.cfg
+        self.net.train()
+        seed = cfg.seed * 1_000_003 + self.epoch * 7919 + self.rank
+        _seed_all(seed)
+        self.train_tf.set_random_state(seed=seed % 2**32)
+        lr = self.optimizer.param_groups[0]["lr"]
+        total, count, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(range(cfg.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
+                   leave=False, disable=not (self.is_main and cfg.progress), dynamic_ncols=True)
+        batches = self._batches(self.epoch)
+        for step in bar:
+            batch = next(batches)
+            x, y = self._prepare(batch["image"]), self._prepare(batch["label"])
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                outputs = self.net(x)
+            loss = self.loss_fn(outputs, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            bad = not torch.isfinite(loss).item()
+            # With fp16 an inf gradient norm is routine (the scaler skips that step); otherwise it is divergence.
+            bad = bad or (not self.scaler.is_enabled() and not torch.isfinite(grad_norm).item())
+            if self._any_rank(bad):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (global step "
+                    f"{self.global_step + 1}); the step was not applied and the last good checkpoint "
+                    f"{self.last_path} (epoch {self.epoch}) is kept. Lower --lr, check the data for NaN/inf, "
+                    "or resume with --resume")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.global_step += 1
+            total += loss.item()
+            count += 1
+            if self.is_main:
+                rate = count / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", its=f"{rate:.2f}")
+                if self.on_step_end is not None:
+                    self.on_step_end({"epoch": self.epoch, "step": step, "global_step": self.global_step,
+                                      "loss": loss.item(), "lr": lr, "model": self.model})
+        bar.close()
+        mean = torch.tensor([total, float(count)], dtype=torch.float64)
+        if self.distributed:
+            mean = mean.to(self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(mean)
+        return float(mean[0] / max(mean[1].item(), 1.0))
+
+    def validate(self) -> dict[str, Any]:
+        """Dice (and HD95 when configured) on this rank's share of the validation cases, summed
+        over ranks; every rank returns the same numbers."""
+        cfg = self.cfg
+        names = [self.info.labels[i] for i in sorted(self.info.labels) if i != 0]
+        res = evaluate_model(self.model, self.val_ds, cfg.patch_size, self.info.num_classes, class_names=names,
+                             hd95=cfg.hd95, progress=self.is_main and cfg.progress, overlap=cfg.val_overlap,
+                             blend=cfg.val_blend, sw_batch_size=cfg.sw_batch_size, device=self.device,
+                             amp=self.amp_dtype is not None)
+        if not self.distributed:
+            return res
+        s = res["_sums"]
+        packed = torch.cat([s["dice"], s["hd"], s["hd_n"], torch.tensor([float(s["n"])], dtype=torch.float64)])
+        packed = packed.to(self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(packed)
+        packed = packed.cpu()
+        k = len(names)
+        return _summarise(packed[:k], packed[-1].item(), packed[k:2 * k] if cfg.hd95 else None,
+                          packed[2 * k:3 * k] if cfg.hd95 else None, names)
+
+    def fit(self) -> TrainResult:
+        """Train to ``cfg.epochs`` (continuing from ``last.pt`` with ``resume``); return the result."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        self._init_distributed()
+        try:
+            if self.last_path.exists() and not cfg.resume:
+                raise ValueError(f"{self.run_dir} already holds a run ({self.last_path}): pass --resume to "
+                                 "continue it, or choose another --run-dir")
+            if self.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._setup_data()
+            _seed_all(cfg.seed)  # the initial weights derive from the seed too
+            self._setup_model()
+            self.epoch, self.global_step, self.history = 0, 0, []
+            self.best_dice, self.best_epoch = -1.0, -1
+            if cfg.resume:
+                self._resume()
+            if self.is_main:
+                _atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+                self._log(f"run {self.run_dir}: {self.model.config.spatial_dims}D MedNeXt-{cfg.variant} k{cfg.kernel_size}, "
+                          f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
+                          f"{len(self.train_cases)} train / {len(self.val_cases)} val cases, device {self.device}"
+                          f"{f', {self.world_size} processes' if self.distributed else ''}")
+            while self.epoch < cfg.epochs:
+                t0 = time.perf_counter()
+                lr = self.optimizer.param_groups[0]["lr"]
+                train_loss = self._train_epoch()
+                self.scheduler.step()
+                self.epoch += 1
+                row: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, "lr": lr, "train_loss": train_loss}
+                if self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs:
+                    val = self.validate()
+                    row["val_dice_mean"] = val["mean_dice"]
+                    row.update({f"val_dice_{k}": v for k, v in val["dice"].items()})
+                    if cfg.hd95:
+                        row["val_hd95_mean"] = val["mean_hd95"]
+                    if val["mean_dice"] > self.best_dice:
+                        self.best_dice, self.best_epoch = val["mean_dice"], self.epoch
+                row["seconds"] = time.perf_counter() - t0
+                row["it_per_s"] = cfg.iters_per_epoch / max(row["seconds"], 1e-9)
+                self.history.append(row)
+                if self.is_main:
+                    self._save(self.last_path)
+                    if self.best_epoch == self.epoch:
+                        self._save(self.best_path)
+                    self._write_metrics()
+                    dice = f", val Dice {row['val_dice_mean']:.4f}" if "val_dice_mean" in row else ""
+                    self._log(f"epoch {self.epoch}/{cfg.epochs}: loss {train_loss:.4f}{dice}, lr {lr:.2e}, "
+                              f"{row['seconds']:.1f}s")
+                    if self.on_epoch_end is not None:
+                        self.on_epoch_end(dict(row))
+        finally:
+            if self.distributed and dist.is_initialized():
+                dist.destroy_process_group()
+        return TrainResult(run_dir=self.run_dir, last_checkpoint=self.last_path,
+                           best_checkpoint=self.best_path if self.best_path.exists() else None,
+                           best_mean_dice=self.best_dice, best_epoch=self.best_epoch, history=self.history,
+                           seconds=time.perf_counter() - start)
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_step_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Run (or, with ``cfg.resume``, continue) a training run and return its :class:`TrainResult`.
+
+    Works the same in one process and under ``torchrun --nproc_per_node N``. Raises
+    :class:`TrainingDiverged` on a NaN/inf loss (the last good checkpoint stays) and
+    :class:`CheckpointError` when ``last.pt`` cannot be read on resume.
+    """
+    return Trainer(cfg, on_epoch_end=on_epoch_end, on_step_end=on_step_end).fit()

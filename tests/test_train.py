@@ -1,0 +1,212 @@
+"""Trainer: loss weighting, schedule, config errors, files written, exact resume after a real
+SIGKILL, the NaN guard and refusal of corrupt checkpoints. Tiny models on a tiny synthetic task."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
+from mednext_lite.train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, load_checkpoint, poly_lr, train
+
+TINY = {"base_width": 4, "block_counts": 1, "expansion_ratios": 1}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # One intra-op thread: tiny convolutions gain nothing from two, and on a shared 2-core
+    # machine OpenMP barriers between busy cores slow them down by an order of magnitude.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> Path:
+    from mednext_lite.data.synthetic import make_synthetic_task
+
+    return make_synthetic_task(tmp_path_factory.mktemp("data"), n_train=3, n_test=1, shape=(32, 32, 32),
+                               progress=False)
+
+
+def tiny_cfg(task: Path, run_dir: Path, **kw) -> TrainConfig:
+    base = dict(task_dir=str(task), run_dir=str(run_dir), model_overrides=TINY, patch_size=(32, 32, 32),
+                epochs=2, iters_per_epoch=2, batch_size=2, val_every=100, sw_batch_size=1, progress=False,
+                augment=False, n_folds=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# -- pure pieces -----------------------------------------------------------------------------------
+
+def test_deep_supervision_weights_follow_the_paper():
+    w = deep_supervision_weights(5)
+    expected = [1, 0.5, 0.25, 0.125, 0]
+    assert w == pytest.approx([e / 1.875 for e in expected])
+    assert sum(w) == pytest.approx(1.0)
+    assert deep_supervision_weights(1) == [1.0]
+
+
+def test_deep_supervision_loss_downsamples_labels_by_nearest():
+    torch.manual_seed(0)
+    label = torch.randint(0, 3, (2, 1, 16, 16, 16)).float()
+    outs = [torch.randn(2, 3, 16 // 2**i, 16 // 2**i, 16 // 2**i) for i in range(5)]
+    loss = make_loss()
+    got = loss(outs, label)
+    base = loss.base_loss
+    manual = sum(w * base(o, label[:, :, :: 2**i, :: 2**i, :: 2**i]) for i, (w, o) in
+                 enumerate(zip(deep_supervision_weights(5), outs)))
+    assert got.item() == pytest.approx(manual.item(), rel=1e-6)
+    # A single tensor is plain DiceCE.
+    assert loss(outs[0], label).item() == pytest.approx(base(outs[0], label).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="2 deep-supervision weights for 5 outputs"):
+        DeepSupervisionLoss(base, [0.5, 0.5])(outs, label)
+
+
+def test_poly_schedule():
+    assert poly_lr(0, 1000) == 1.0
+    assert poly_lr(500, 1000) == pytest.approx(0.5**0.9)
+    assert poly_lr(1000, 1000) == 0.0
+
+
+def test_config_defaults_are_the_paper_and_errors_name_the_fix(tmp_path):
+    c = TrainConfig()
+    assert (c.epochs, c.iters_per_epoch, c.batch_size, c.patch_size) == (1000, 250, 2, (128, 128, 128))
+    assert (c.lr, c.eps, c.weight_decay, c.poly_exponent, c.grad_clip) == (1e-3, 1e-4, 3e-5, 0.9, 12.0)
+    assert c.deep_supervision and c.variant == "S"
+    with pytest.raises(ValueError, match="use 112"):
+        TrainConfig(patch_size=(100, 128, 128))
+    with pytest.raises(ValueError, match="bottleneck"):
+        TrainConfig(patch_size=(16, 16, 16))
+    with pytest.raises(ValueError, match="multiple of num_samples"):
+        TrainConfig(batch_size=3, num_samples=2)
+    with pytest.raises(ValueError, match="give 2 sizes"):
+        TrainConfig(spatial_dims=2, patch_size=(64, 64, 64))
+    with pytest.raises(ValueError, match="unknown MedNeXt variant"):
+        TrainConfig(variant="XL")
+    q = TrainConfig.cpu_quickstart("x", spatial_dims=2)
+    assert q.patch_size == (32, 32) and q.spatial_dims == 2
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    json.dumps(c.to_dict())
+
+
+# -- training runs ---------------------------------------------------------------------------------
+
+def test_train_writes_checkpoints_metrics_and_curves(task, tmp_path):
+    seen = []
+    cfg = tiny_cfg(task, tmp_path / "run", val_every=1)
+    result = train(cfg, on_epoch_end=seen.append)
+    run = tmp_path / "run"
+    assert [r["epoch"] for r in result.history] == [1, 2] == [r["epoch"] for r in seen]
+    for name in ("last.pt", "best.pt", "metrics.csv", "metrics.json", "curves.png", "split.json", "config.json"):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*tmp*")), "temporary files left behind"
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"train_loss", "lr", "val_dice_mean", "val_dice_head", "val_dice_tail"} <= set(rows[0])
+    assert json.loads((run / "metrics.json").read_text()) == result.history
+    # Poly decay, stepped per epoch.
+    assert result.history[1]["lr"] == pytest.approx(1e-3 * poly_lr(1, 2))
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4
+    assert ckpt["train_config"]["model_overrides"]["base_width"] == 4
+    assert 0.0 <= result.best_mean_dice <= 1.0 and result.best_checkpoint == run / "best.pt"
+    # A second start into the same run directory is refused rather than overwriting it.
+    with pytest.raises(ValueError, match="--resume"):
+        train(cfg)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mednext_lite.train import TrainConfig, train
+    cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
+    marker = Path(sys.argv[2])
+    def on_step(info):
+        if info["epoch"] == 1 and info["step"] == 1:
+            marker.write_text("mid-epoch")
+            time.sleep(600)
+    train(cfg, on_step_end=on_step)
+""")
+
+
+def test_sigkill_mid_epoch_then_resume_continues_exactly(task, tmp_path):
+    # The child runs with OMP_NUM_THREADS=1, like this process (fixture above): same reductions.
+    ref = train(tiny_cfg(task, tmp_path / "ref"))
+
+    cfg = tiny_cfg(task, tmp_path / "killed")
+    marker = tmp_path / "marker"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, json.dumps(cfg.to_dict()), str(marker)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.time() < deadline, "child never reached epoch 2"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+    saved = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert saved["epoch"] == 1 and saved["global_step"] == 2
+
+    trainer = Trainer(cfg.replace(resume=True))
+    trainer._setup_data()
+    trainer._setup_model()
+    trainer.epoch, trainer.global_step, trainer.history, trainer.best_dice, trainer.best_epoch = 0, 0, [], -1.0, -1
+    trainer._resume()
+    assert (trainer.epoch, trainer.global_step) == (1, 2)
+    state = trainer.optimizer.state_dict()
+    for key, value in saved["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(state["state"][key][name]), torch.as_tensor(value[name]))
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * poly_lr(1, 2))
+
+    resumed = train(cfg.replace(resume=True))
+    final = load_checkpoint(resumed.last_checkpoint)
+    reference = load_checkpoint(ref.last_checkpoint)
+    assert final["epoch"] == reference["epoch"] == 2 and final["global_step"] == 4
+    for k, v in reference["state_dict"].items():
+        assert torch.allclose(final["state_dict"][k], v, rtol=0, atol=1e-6), k
+    assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in ref.history], abs=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
+    def poison(info):
+        if info["epoch"] == 1 and info["step"] == 0:
+            with torch.no_grad():
+                next(info["model"].parameters()).fill_(float("nan"))
+
+    cfg = tiny_cfg(task, tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 2.*last good checkpoint"):
+        train(cfg, on_step_end=poison)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_corrupt_checkpoint_is_refused_with_a_clear_message(task, tmp_path):
+    cfg = tiny_cfg(task, tmp_path / "run", epochs=1, iters_per_epoch=1)
+    train(cfg)
+    last = tmp_path / "run" / "last.pt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # cut off mid-write (what a non-atomic save leaves)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train(cfg.replace(resume=True, epochs=2))
+    last.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match=str(last)):
+        load_checkpoint(last)
+    with pytest.raises(ValueError, match="does not exist"):
+        train(cfg.replace(run_dir=str(tmp_path / "nothing"), resume=True))
