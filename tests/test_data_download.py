@@ -222,3 +222,15 @@ def test_catalogue_aliases_and_data_dir_rule(tmp_path, monkeypatch):
     assert resolve_data_dir() == resolve_data_dir("") == __import__("pathlib").Path("data")
     monkeypatch.setenv("MEDNEXT_DATA", str(tmp_path))
     assert resolve_data_dir() == tmp_path and resolve_data_dir("x") == __import__("pathlib").Path("x")
+
+
+def test_catalogue_matches_monai_decathlon_table():
+    from monai.apps.datasets import DecathlonDataset
+
+    from mednext_lite.data import MSD_TASKS
+
+    assert sorted(MSD_TASKS) == sorted(DecathlonDataset.md5)
+    for name, task in MSD_TASKS.items():
+        assert task.md5 == DecathlonDataset.md5[name] and task.url == DecathlonDataset.resource[name]
+        assert task.labels[0] == "background" and task.tensor_image_size in ("3D", "4D")
+        assert (task.tensor_image_size == "4D") == (len(task.modality) > 1)
