@@ -9,6 +9,7 @@ level i uses the ratio of stage i+1 and the up block feeding decoder level i the
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -222,6 +223,13 @@ class MedNeXt(nn.Module):
                     f"spatial size {n} (axis {axis + 2} of shape {tuple(x.shape)}) is not divisible by "
                     f"{DIVISOR}: {fix}"
                 )
+        bottleneck_voxels = x.shape[0] * math.prod(n // DIVISOR for n in x.shape[2:])
+        if c.norm == "group" and self.training and bottleneck_voxels == 1:
+            raise ValueError(
+                f"input shape {tuple(x.shape)} leaves one voxel per channel at the 1/{DIVISOR} bottleneck, where "
+                "GroupNorm (one group per channel) has nothing to normalise in training: use a batch of 2 or more, "
+                f"or at least {2 * DIVISOR} voxels along one axis"
+            )
 
     def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():

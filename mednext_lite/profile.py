@@ -53,7 +53,7 @@ def count_macs(model: nn.Module | MedNeXtConfig, input_size: Sequence[int], batc
     if len(input_size) != config.spatial_dims:
         raise ValueError(f"input_size {input_size} has {len(input_size)} axes; this is a {config.spatial_dims}D model")
     with torch.device("meta"):
-        net = MedNeXt(config)
+        net = MedNeXt(config).eval()
     total = 0
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -143,8 +143,8 @@ def _step_in_child(queue: Any, config_dict: dict, input_shape: tuple, grad_check
         fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
         model, x = model.to(memory_format=fmt), x.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    # warm-up step so the optimizer state exists, then measure the high-water mark of a second one
-    for _ in range(2):
+    # one warm-up step so the optimizer state exists, then the high-water mark of a second one
+    for _ in range(1):
         out = model(x)
         out = out[0] if isinstance(out, list) else out
         out.float().mean().backward()

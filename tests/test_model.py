@@ -81,6 +81,9 @@ def test_input_errors_name_value_and_fix():
         model(torch.randn(1, 2, 32, 8, 32))
     with pytest.raises(ValueError, match=r"3 channels but the model expects in_channels=2"):
         model(torch.randn(1, 3, 32, 32, 32))
+    with pytest.raises(ValueError, match=r"one voxel per channel at the 1/16 bottleneck"):
+        model(torch.randn(1, 2, 16, 16, 16))
+    model.eval()(torch.randn(1, 2, 16, 16, 16))  # fine in eval mode, as GroupNorm itself allows
     with pytest.raises(ValueError, match=r"expected a 5D input"):
         model(torch.randn(2, 32, 32, 32))
 
