@@ -122,14 +122,13 @@ def _add_train(sub: Any) -> None:
 def _train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
-    task_dir = resolve_task_dir(args.task, args.data_dir)
     overrides: dict[str, Any] = {}
     if args.base_width is not None:
         overrides["base_width"] = args.base_width
     if args.blocks is not None:
         overrides["block_counts"] = args.blocks
     kw: dict[str, Any] = dict(
-        task_dir=str(task_dir), variant=args.variant, kernel_size=args.kernel, spatial_dims=args.spatial_dims,
+        variant=args.variant, kernel_size=args.kernel, spatial_dims=args.spatial_dims,
         deep_supervision=not args.no_deep_supervision, fold=args.fold, n_folds=args.n_folds,
         spacing=tuple(args.spacing) if args.spacing else None, cache=args.cache, num_workers=args.num_workers,
         augment=not args.no_augment, channels_last=args.channels_last, upkern_from=args.upkern_from,
@@ -152,9 +151,11 @@ def _train_config(args: argparse.Namespace):
             base = {"base_width": 16, "block_counts": 1}
             base.update(overrides)
             kw["model_overrides"] = base
-        return TrainConfig.cpu_quickstart(**kw)
-    kw["model_overrides"] = overrides
-    return TrainConfig(**kw)
+        cfg = TrainConfig.cpu_quickstart(**kw)
+    else:
+        cfg = TrainConfig(**kw, model_overrides=overrides)
+    # Flags are checked (above) before the task is resolved, which may write the synthetic task.
+    return cfg.replace(task_dir=str(resolve_task_dir(args.task, args.data_dir)))
 
 
 def _train_command(args: argparse.Namespace) -> int:

@@ -241,6 +241,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, Any]]
     seconds: float
+    model: MedNeXt | None = None  # the trained network (this process's replica), in eval mode
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -638,7 +639,7 @@ class Trainer:
         return TrainResult(run_dir=self.run_dir, last_checkpoint=self.last_path,
                            best_checkpoint=self.best_path if self.best_path.exists() else None,
                            best_mean_dice=self.best_dice, best_epoch=self.best_epoch, history=self.history,
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, model=self.model.eval())
 
 
 def train(

@@ -210,3 +210,21 @@ def test_corrupt_checkpoint_is_refused_with_a_clear_message(task, tmp_path):
         load_checkpoint(last)
     with pytest.raises(ValueError, match="does not exist"):
         train(cfg.replace(run_dir=str(tmp_path / "nothing"), resume=True))
+
+
+def test_upkern_initialisation_from_a_small_kernel_run(task, tmp_path):
+    from mednext_lite.upkern import upkern_tensor
+
+    small = train(tiny_cfg(task, tmp_path / "k3", epochs=1, iters_per_epoch=1))
+    k3 = load_checkpoint(small.last_checkpoint)["state_dict"]
+    seen = {}
+
+    def grab(info):  # weights right after the first (negligible, lr 1e-9) step
+        seen.update({k: v.detach().clone() for k, v in info["model"].state_dict().items()})
+
+    big = tiny_cfg(task, tmp_path / "k5", kernel_size=5, epochs=1, iters_per_epoch=1, lr=1e-9,
+                   upkern_from=str(small.last_checkpoint))
+    train(big, on_step_end=grab)
+    assert seen["encoders.0.0.conv1.weight"].shape[-3:] == (5, 5, 5)
+    assert torch.allclose(seen["encoders.0.0.conv1.weight"], upkern_tensor(k3["encoders.0.0.conv1.weight"], 5), atol=1e-6)
+    assert torch.allclose(seen["stem.weight"], k3["stem.weight"], atol=1e-6)
