@@ -72,14 +72,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-        if "weights only" in str(err).lower() or "unsupported global" in str(err).lower():
+        text = str(err)
+        found = re.search(r"(unsupported GLOBAL [^\n]*|Unsupported global: [^\n]*)", text, flags=re.IGNORECASE)
+        if found:
             raise CheckpointError(
                 f"checkpoint {path} was refused: it contains a pickled object outside the allowed set "
-                f"({first}). Nothing from it was executed. Re-save it as a plain state dict, or, only if you "
-                "trust its author, allow that class with torch.serialization.add_safe_globals."
+                f"({found[1].strip()}). Nothing from it was executed. Re-save it as a plain state dict, or, only "
+                "if you trust its author, allow that class with torch.serialization.add_safe_globals."
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({first}): delete it and use the previous one") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt (not a readable PyTorch file): delete it and use the previous one"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err)[:200]}): "

@@ -1,0 +1,121 @@
+"""Checkpoints load safely and rebuild their model; reference and MONAI layouts convert exactly."""
+
+import os
+
+import pytest
+import torch
+from monai.networks.nets.mednext import create_mednext as monai_mednext
+
+from mednext_lite import MedNeXt, MedNeXtConfig, create_mednext
+from mednext_lite.interop import (
+    CheckpointError,
+    convert_monai_state_dict,
+    convert_reference_state_dict,
+    load_checkpoint,
+    load_foreign,
+    model_from_checkpoint,
+    save_checkpoint,
+    to_reference_state_dict,
+)
+
+
+def small(**kw) -> MedNeXtConfig:
+    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=(1, 2, 1, 1, 1, 1, 1, 2, 1),
+                expansion_ratios=(2, 3, 4, 4, 4, 4, 4, 3, 2), deep_supervision=True)
+    base.update(kw)
+    return MedNeXtConfig(**base)
+
+
+def test_checkpoint_rebuilds_its_own_model(tmp_path):
+    torch.manual_seed(0)
+    model = MedNeXt(small(grn=True, enc_kernel_size=5))
+    path = save_checkpoint(tmp_path / "run" / "best.pt", model, epoch=7)
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # temp file renamed away
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] == 7 and ckpt["format"] == "mednext_lite/1"
+    rebuilt = model_from_checkpoint(path)
+    assert rebuilt.config == model.config
+    x = torch.randn(1, 2, 32, 32, 32)
+    for a, b in zip(model(x), rebuilt(x)):
+        assert torch.equal(a, b)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unsafe_pickle_is_refused_and_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _Exploit()
+    evil.marker = marker
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": evil}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt was refused: it contains a pickled object outside"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_corrupt_truncated_and_missing_files_are_named(tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", MedNeXt(small()))
+    data = good.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cut\.pt is corrupt or truncated"):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"junk\.pt is corrupt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match=r"nothere\.pt does not exist"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    with pytest.raises(CheckpointError, match="no embedded config"):
+        model_from_checkpoint({"state_dict": MedNeXt(small()).state_dict()})
+
+
+def test_reference_layout_round_trip_and_head_transpose():
+    torch.manual_seed(0)
+    model = MedNeXt(small(grn=True))
+    ref = to_reference_state_dict(model.state_dict())
+    # the reference layout: named stages, transposed 1x1 heads [in, out, 1, 1, 1], a dummy tensor
+    assert ref["out_0.conv_out.weight"].shape == (4, 3, 1, 1, 1)
+    assert ref["out_4.conv_out.weight"].shape == (64, 3, 1, 1, 1)
+    assert {"stem.weight", "enc_block_1.1.conv1.weight", "down_3.res_conv.weight", "bottleneck.0.grn_gamma",
+            "up_0.conv1.weight", "dec_block_1.1.conv3.bias", "dummy_tensor"} <= set(ref)
+    sd, config = convert_reference_state_dict({"state_dict": ref, "optimizer_state_dict": {}, "epoch": 3})
+    assert config == model.config
+    rebuilt = MedNeXt(config)
+    rebuilt.load_state_dict(sd)
+    x = torch.randn(1, 2, 32, 32, 32)
+    for a, b in zip(model(x), rebuilt(x)):
+        assert torch.equal(a, b)
+    assert isinstance(load_foreign(ref), MedNeXt)
+
+
+def test_reference_conversion_rejects_foreign_keys():
+    with pytest.raises(CheckpointError, match="do not belong to the reference"):
+        convert_reference_state_dict({"encoder.layer1.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_monai_small_preset_converts_to_identical_outputs(spatial_dims, kernel_size):
+    torch.manual_seed(0)
+    theirs = monai_mednext("S", spatial_dims=spatial_dims, in_channels=1, out_channels=3,
+                           kernel_size=kernel_size, deep_supervision=True).train()
+    sd, config = convert_monai_state_dict(theirs.state_dict())
+    assert config == create_mednext("S", 1, 3, kernel_size, spatial_dims, deep_supervision=True).config
+    ours = MedNeXt(config).train()
+    ours.load_state_dict(sd)
+    x = torch.randn(1, 1, *([32] * spatial_dims))
+    with torch.no_grad():
+        a, b = theirs(x), ours(x)  # both return [full, 1/2, 1/4, 1/8, 1/16] in training mode
+    assert len(a) == len(b) == 5
+    for t, o in zip(a, b):
+        assert (t - o).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["B", "M", "L"])
+def test_monai_larger_presets_are_refused_with_an_explanation(variant):
+    with torch.device("meta"):
+        sd = monai_mednext(variant, spatial_dims=3, in_channels=1, out_channels=3).state_dict()
+    with pytest.raises(CheckpointError, match=r"down block 0 expands by \d but the stage it feeds uses \d"):
+        convert_monai_state_dict(sd)
