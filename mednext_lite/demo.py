@@ -17,7 +17,7 @@ def main() -> int:
     config = MedNeXtConfig(in_channels=1, num_classes=3, base_width=8, block_counts=1, deep_supervision=True)
     model = MedNeXt(config)
     x = torch.randn(2, 1, 32, 32, 32)
-    y = (x > 0.5).long() + (x > 1.5).long()
+    y = ((x > 0.5).long() + (x > 1.5).long())[:, 0]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4, weight_decay=3e-5)
     t0 = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(model(x)[0], y)
