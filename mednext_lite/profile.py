@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import time
 from collections.abc import Sequence
@@ -134,31 +135,26 @@ def receptive_field(config: MedNeXtConfig) -> int:
     return widest
 
 
+def _train_step(model: MedNeXt, x: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    out = model(x)
+    (out[0] if isinstance(out, list) else out).float().mean().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _step_in_child(queue: Any, config_dict: dict, input_shape: tuple, grad_checkpointing: bool,
                    channels_last: bool) -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = MedNeXt(MedNeXtConfig.from_dict(config_dict)).set_grad_checkpointing(grad_checkpointing)
     x = torch.randn(*input_shape)
     if channels_last:
         fmt = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
         model, x = model.to(memory_format=fmt), x.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    # one warm-up step so the optimizer state exists, then the high-water mark of a second one
-    for _ in range(1):
-        out = model(x)
-        out = out[0] if isinstance(out, list) else out
-        out.float().mean().backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _train_step(model, x, opt)  # warm-up: the optimizer state exists before the measured step
     t0 = time.perf_counter()
-    out = model(x)
-    out = out[0] if isinstance(out, list) else out
-    out.float().mean().backward()
-    opt.step()
-    seconds = time.perf_counter() - t0
+    _train_step(model, x, opt)
     queue.put({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               "warm_rss_bytes": base * 1024, "seconds": seconds})
+               "seconds": time.perf_counter() - t0})
 
 
 def measure_step_memory(
@@ -187,17 +183,11 @@ def measure_step_memory(
             net.load_state_dict(model.state_dict())
         x = torch.randn(*input_shape, device=device)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-        for _ in range(2):
-            out = net(x)
-            (out[0] if isinstance(out, list) else out).float().mean().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        _train_step(net, x, opt)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
-        out = net(x)
-        (out[0] if isinstance(out, list) else out).float().mean().backward()
-        opt.step()
+        _train_step(net, x, opt)
         torch.cuda.synchronize(device)
         return {"peak_bytes": float(torch.cuda.max_memory_allocated(device)), "seconds": time.perf_counter() - t0}
     ctx = mp.get_context("spawn")
@@ -206,7 +196,16 @@ def measure_step_memory(
                        args=(queue, config.to_dict(), input_shape, grad_checkpointing, channels_last))
     proc.start()
     try:
-        result = queue.get(timeout=1800)
+        while True:
+            try:
+                result = queue.get(timeout=1.0)
+                break
+            except queue_module.Empty:
+                if not proc.is_alive():
+                    raise RuntimeError(
+                        f"the measuring process died (exit code {proc.exitcode}) before reporting: "
+                        f"input {input_shape} probably needs more memory than this machine has; try a smaller one"
+                    ) from None
     finally:
         proc.join(timeout=60)
     return {"peak_bytes": float(result["peak_rss_bytes"]), "seconds": float(result["seconds"])}
