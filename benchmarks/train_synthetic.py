@@ -33,12 +33,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--blocks", type=int, default=1, help="blocks per stage (preset S has 2)")
     p.add_argument("--patch", type=int, default=32, help="patch edge (cube, or square in 2D)")
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--iters", type=int, default=25, help="iterations per epoch")
-    p.add_argument("--val-every", type=int, default=5)
+    p.add_argument("--val-every", type=int, default=3)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (0 = torch default). 1 is the robust choice on a shared 2-core "
+                        "machine: with 2 OpenMP threads and other load, each tiny conv waits on a busy core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)

@@ -90,7 +90,7 @@ def _add_train(sub: Any) -> None:
     m.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     m.add_argument("--upkern-from", default=None, help="initialise from a small-kernel checkpoint with UpKern")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=None, help="epochs (paper 1000; quickstart 40)")
+    o.add_argument("--epochs", type=int, default=None, help="epochs (paper 1000; quickstart 6)")
     o.add_argument("--iters", type=int, default=None, help="iterations per epoch (paper 250; quickstart 25)")
     o.add_argument("--batch", type=int, default=None, help="patches per process per iteration (paper 2)")
     o.add_argument("--patch", type=int, nargs="+", default=None,
@@ -111,7 +111,7 @@ def _add_train(sub: Any) -> None:
     v.add_argument("--hd95", action="store_true", help="also compute the 95th-percentile Hausdorff distance")
     r = p.add_argument_group("run")
     r.add_argument("--quickstart", action="store_true",
-                   help="CPU-sized defaults (S blocks at width 16, 1 block/stage, 32^3, 40x25 it)")
+                   help="CPU-sized defaults (S ratios at width 16, 1 block/stage, 32^3, 6x25 it)")
     r.add_argument("--run-dir", default=None, help="output directory (default runs/<task>_<variant>k<k>_<d>d_fold<f>)")
     r.add_argument("--resume", action="store_true", help="continue exactly from <run-dir>/last.pt")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

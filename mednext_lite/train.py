@@ -175,11 +175,13 @@ class TrainConfig:
 
     @classmethod
     def cpu_quickstart(cls, task_dir: str | os.PathLike = "", **overrides: Any) -> TrainConfig:
-        """A run sized for a laptop CPU on the synthetic task (minutes, not days): MedNeXt-S
-        blocks at base width 16 with one block per stage, 32^3 patches, batch 2, 40 epochs x 25
-        iterations, validation every 5 epochs. Everything else keeps the paper's recipe."""
+        """A run sized for a 2-core CPU on the synthetic task (about 3 minutes, not days):
+        MedNeXt-S ratios at base width 16 with one block per stage, 32^3 patches, batch 2,
+        6 epochs x 25 iterations, validation every 3 epochs. Everything else keeps the paper's
+        recipe (deep supervision, AdamW, poly decay, clipping). On the default synthetic task
+        this reaches a validation mean foreground Dice near 0.9 (see benchmarks/train_synthetic.py)."""
         base = dict(task_dir=str(task_dir), model_overrides={"base_width": 16, "block_counts": 1},
-                    epochs=40, iters_per_epoch=25, batch_size=2, patch_size=(32, 32, 32), val_every=5,
+                    epochs=6, iters_per_epoch=25, batch_size=2, patch_size=(32, 32, 32), val_every=3,
                     sw_batch_size=4, num_workers=0)
         base.update(overrides)
         if "spatial_dims" in overrides and "patch_size" not in overrides:

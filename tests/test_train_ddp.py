@@ -75,6 +75,15 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     info = load_task(task, validate=False)
     tf = get_transforms(info, mode="val", patch_size=(32, 32, 32))
     items = [tf(case) for case in split["val"]]
-    res = evaluate_model(model_from_checkpoint(ckpt).eval(), items, (32, 32, 32), 3, progress=False, sw_batch_size=1)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the workers; other thread counts may flip a voxel at an argmax tie
+    try:
+        res = evaluate_model(model_from_checkpoint(ckpt).eval(), items, (32, 32, 32), 3, progress=False,
+                             sw_batch_size=1)
+    finally:
+        torch.set_num_threads(threads)
     assert res["n"] == 2
-    assert float(rows[-1]["val_dice_mean"]) == pytest.approx(res["mean_dice"], abs=1e-6)
+    # Rank 0's case alone would differ by far more than a few voxels' worth of Dice.
+    assert float(rows[-1]["val_dice_mean"]) == pytest.approx(res["mean_dice"], abs=1e-4)
