@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "build_parser", "resolve_task_dir"]
+__all__ = ["build_parser", "main", "resolve_task_dir"]
 
 _SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", "synthetic-mri4d": "mri4d"}
 
@@ -127,16 +127,16 @@ def _train_config(args: argparse.Namespace):
         overrides["base_width"] = args.base_width
     if args.blocks is not None:
         overrides["block_counts"] = args.blocks
-    kw: dict[str, Any] = dict(
-        variant=args.variant, kernel_size=args.kernel, spatial_dims=args.spatial_dims,
-        deep_supervision=not args.no_deep_supervision, fold=args.fold, n_folds=args.n_folds,
-        spacing=tuple(args.spacing) if args.spacing else None, cache=args.cache, num_workers=args.num_workers,
-        augment=not args.no_augment, channels_last=args.channels_last, upkern_from=args.upkern_from,
-        lr=args.lr, weight_decay=args.weight_decay, eps=args.eps, grad_clip=args.grad_clip, amp=args.amp,
-        seed=args.seed, val_overlap=args.overlap, val_blend=args.blend, max_val_cases=args.max_val_cases,
-        hd95=args.hd95, resume=args.resume, device=args.device, progress=not args.no_progress,
-        grad_checkpointing={"auto": None, "on": True, "off": False}[args.grad_checkpointing],
-    )
+    kw: dict[str, Any] = {
+        "variant": args.variant, "kernel_size": args.kernel, "spatial_dims": args.spatial_dims,
+        "deep_supervision": not args.no_deep_supervision, "fold": args.fold, "n_folds": args.n_folds,
+        "spacing": tuple(args.spacing) if args.spacing else None, "cache": args.cache, "num_workers": args.num_workers,
+        "augment": not args.no_augment, "channels_last": args.channels_last, "upkern_from": args.upkern_from,
+        "lr": args.lr, "weight_decay": args.weight_decay, "eps": args.eps, "grad_clip": args.grad_clip, "amp": args.amp,
+        "seed": args.seed, "val_overlap": args.overlap, "val_blend": args.blend, "max_val_cases": args.max_val_cases,
+        "hd95": args.hd95, "resume": args.resume, "device": args.device, "progress": not args.no_progress,
+        "grad_checkpointing": {"auto": None, "on": True, "off": False}[args.grad_checkpointing],
+    }
     if args.run_dir:
         kw["run_dir"] = args.run_dir
     for flag, name in (("epochs", "epochs"), ("iters", "iters_per_epoch"), ("batch", "batch_size"),

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,15 @@ from tqdm.auto import tqdm
 from .model import MedNeXt
 
 __all__ = [
-    "window_size", "sliding_window_logits", "predict_volume", "dice_scores", "hd95_scores",
-    "evaluate_model", "predict_files", "evaluate_folder", "load_model",
+    "dice_scores",
+    "evaluate_folder",
+    "evaluate_model",
+    "hd95_scores",
+    "load_model",
+    "predict_files",
+    "predict_volume",
+    "sliding_window_logits",
+    "window_size",
 ]
 
 
@@ -142,8 +150,10 @@ def hd95_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     """Per-case, per-foreground-class 95th-percentile Hausdorff distance (in mm when ``spacing``
     is given, else voxels). NaN where the class is missing from prediction or label."""
     p, y = _one_hot(pred, num_classes), _one_hot(label, num_classes)
-    out = compute_hausdorff_distance(p, y, include_background=False, percentile=95,
-                                     spacing=None if spacing is None else list(spacing))
+    with warnings.catch_warnings():  # MONAI's own internal call trips its deprecation notice
+        warnings.simplefilter("ignore", FutureWarning)
+        out = compute_hausdorff_distance(p, y, include_background=False, percentile=95,
+                                         spacing=None if spacing is None else list(spacing))
     out = out.float()
     out[torch.isinf(out)] = float("nan")
     return out

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-__all__ = ["deep_supervision_weights", "DeepSupervisionLoss", "make_loss"]
+__all__ = ["DeepSupervisionLoss", "deep_supervision_weights", "make_loss"]
 
 
 def deep_supervision_weights(n_outputs: int) -> list[float]:

@@ -39,12 +39,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .inference import _summarise, evaluate_model, window_size
+from .interop import CheckpointError, model_from_checkpoint, save_checkpoint
+from .interop import load_checkpoint as _interop_load
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
 from .variants import get_preset, preset_config
-
-from .interop import CheckpointError, model_from_checkpoint, save_checkpoint
-from .interop import load_checkpoint as _interop_load
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -54,14 +53,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return _interop_load(path, map_location=map_location)
     except CheckpointError:
         raise
-    except Exception as err:  # the safe unpickler raises IndexError/KeyError/... on garbage bytes
+    except Exception as err:  # noqa: BLE001 - the safe unpickler raises IndexError/KeyError/... on garbage bytes
         raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err}): "
                               "use the previous checkpoint (last.pt / best.pt) or retrain") from None
 
 
 __all__ = [
-    "TrainConfig", "TrainResult", "Trainer", "train", "TrainingDiverged", "CheckpointError",
-    "load_checkpoint", "save_checkpoint", "model_from_checkpoint", "poly_lr", "build_model",
+    "CheckpointError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_model",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "poly_lr",
+    "save_checkpoint",
+    "train",
 ]
 
 
@@ -180,9 +188,9 @@ class TrainConfig:
         6 epochs x 25 iterations, validation every 3 epochs. Everything else keeps the paper's
         recipe (deep supervision, AdamW, poly decay, clipping). On the default synthetic task
         this reaches a validation mean foreground Dice near 0.9 (see benchmarks/train_synthetic.py)."""
-        base = dict(task_dir=str(task_dir), model_overrides={"base_width": 16, "block_counts": 1},
-                    epochs=6, iters_per_epoch=25, batch_size=2, patch_size=(32, 32, 32), val_every=3,
-                    sw_batch_size=4, num_workers=0)
+        base = {"task_dir": str(task_dir), "model_overrides": {"base_width": 16, "block_counts": 1},
+                    "epochs": 6, "iters_per_epoch": 25, "batch_size": 2, "patch_size": (32, 32, 32), "val_every": 3,
+                    "sw_batch_size": 4, "num_workers": 0}
         base.update(overrides)
         if "spatial_dims" in overrides and "patch_size" not in overrides:
             base["patch_size"] = (32,) * int(overrides["spatial_dims"])
@@ -476,7 +484,7 @@ class Trainer:
         _atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.history, indent=1) + "\n")
         try:
             self._plot()
-        except Exception as err:  # a figure must never kill a run
+        except Exception as err:  # noqa: BLE001 - a figure must never kill a run
             self._log(f"could not draw curves: {err}")
 
     def _plot(self) -> None:

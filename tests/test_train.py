@@ -17,7 +17,15 @@ import pytest
 import torch
 
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
-from mednext_lite.train import CheckpointError, TrainConfig, Trainer, TrainingDiverged, load_checkpoint, poly_lr, train
+from mednext_lite.train import (
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    load_checkpoint,
+    poly_lr,
+    train,
+)
 
 TINY = {"base_width": 4, "block_counts": 1, "expansion_ratios": 1}
 
@@ -41,9 +49,9 @@ def task(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(task: Path, run_dir: Path, **kw) -> TrainConfig:
-    base = dict(task_dir=str(task), run_dir=str(run_dir), model_overrides=TINY, patch_size=(32, 32, 32),
-                epochs=2, iters_per_epoch=2, batch_size=2, val_every=100, sw_batch_size=1, progress=False,
-                augment=False, n_folds=3)
+    base = {"task_dir": str(task), "run_dir": str(run_dir), "model_overrides": TINY, "patch_size": (32, 32, 32),
+                "epochs": 2, "iters_per_epoch": 2, "batch_size": 2, "val_every": 100, "sw_batch_size": 1, "progress": False,
+                "augment": False, "n_folds": 3}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -112,7 +120,8 @@ def test_train_writes_checkpoints_metrics_and_curves(task, tmp_path):
     for name in ("last.pt", "best.pt", "metrics.csv", "metrics.json", "curves.png", "split.json", "config.json"):
         assert (run / name).is_file(), name
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    with open(run / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert {"train_loss", "lr", "val_dice_mean", "val_dice_head", "val_dice_tail"} <= set(rows[0])
     assert json.loads((run / "metrics.json").read_text()) == result.history
@@ -228,3 +237,14 @@ def test_upkern_initialisation_from_a_small_kernel_run(task, tmp_path):
     assert seen["encoders.0.0.conv1.weight"].shape[-3:] == (5, 5, 5)
     assert torch.allclose(seen["encoders.0.0.conv1.weight"], upkern_tensor(k3["encoders.0.0.conv1.weight"], 5), atol=1e-6)
     assert torch.allclose(seen["stem.weight"], k3["stem.weight"], atol=1e-6)
+
+
+def test_2d_training_on_slices_with_hd95_channels_last_and_checkpointing(task, tmp_path):
+    cfg = tiny_cfg(task, tmp_path / "run2d", spatial_dims=2, patch_size=(32, 32), epochs=1, iters_per_epoch=2,
+                   hd95=True, channels_last=True, grad_checkpointing=True, augment=True)
+    result = train(cfg)
+    row = result.history[-1]
+    assert result.model.config.spatial_dims == 2 and result.model.grad_checkpointing
+    assert 0.0 <= row["val_dice_mean"] <= 1.0
+    assert "val_hd95_mean" in row
+    assert load_checkpoint(result.last_checkpoint)["config"]["spatial_dims"] == 2
