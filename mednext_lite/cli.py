@@ -116,6 +116,8 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--resume", action="store_true", help="continue exactly from <run-dir>/last.pt")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per process (default: torch's choice; 1 is safest on a busy machine)")
     p.set_defaults(handler=_train_command)
 
 
@@ -195,6 +197,7 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--suffix", default="", help="appended to each output file name before .nii.gz")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(handler=_predict_command)
 
 
@@ -324,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return int(handler(args) or 0)
     except (ValueError, TypeError, KeyError, FileNotFoundError) as err:

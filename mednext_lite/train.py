@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -417,6 +418,9 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            # Depthwise weights [C, 1, k, k, k] get gradients whose stride on the size-1 axis differs
+            # from the bucket's; the memory layout is identical, so torch's warning is a false alarm.
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn = make_loss()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, eps=cfg.eps,
