@@ -110,7 +110,7 @@ def test_monai_small_preset_converts_to_identical_outputs(spatial_dims, kernel_s
         a, b = theirs(x), ours(x)  # both return [full, 1/2, 1/4, 1/8, 1/16] in training mode
     assert len(a) == len(b) == 5
     for t, o in zip(a, b):
-        assert (t - o).abs().max() < 1e-5
+        assert (t - o).abs().max() < 2e-4  # channels-last kernels sum in another order (mednext_lite.perf)
 
 
 @pytest.mark.parametrize("variant", ["B", "M", "L"])

@@ -1,0 +1,88 @@
+"""Run MedNeXt at its fastest on the device at hand, with the maths unchanged.
+
+The network's cost is dominated by depthwise k^d convolutions, whose speed depends far more on the
+memory layout than on anything else: on CPU, oneDNN's depthwise kernels (and above all their
+weight gradients) are an order of magnitude faster in channels-last layout (NDHWC / NHWC) than in
+PyTorch's default channels-first one. A layout changes where numbers sit in memory, never which
+numbers are computed, so results agree to float rounding. This module picks the layout per device
+(``MedNeXt`` asks it on every forward, so the fast path is the default), converts models
+explicitly when wanted, and lists the other speed switches for a device in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def channels_last_format(spatial_dims: int) -> torch.memory_format:
+    """The channels-last memory format for ``spatial_dims`` 2 (NHWC) or 3 (NDHWC)."""
+    if spatial_dims == 2:
+        return torch.channels_last
+    if spatial_dims == 3:
+        return torch.channels_last_3d
+    raise ValueError(f"spatial_dims={spatial_dims!r} is not supported: use 2 or 3")
+
+
+def preferred_memory_format(device: str | torch.device, spatial_dims: int) -> torch.memory_format:
+    """The layout MedNeXt trains fastest in on ``device``.
+
+    CPU: channels-last (measured with benchmarks/bench_model.py: the depthwise convolutions' weight
+    gradients are 4-15x faster, see the README's Performance section). Other devices: PyTorch's
+    default contiguous layout, until benchmarks/gpu_check.sh has measured channels-last there.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return channels_last_format(spatial_dims)
+    channels_last_format(spatial_dims)  # validates spatial_dims
+    return torch.contiguous_format
+
+
+def resolve_memory_format(preference: str, device: str | torch.device, spatial_dims: int) -> torch.memory_format:
+    """Turn ``"auto"``, ``"channels_last"`` or ``"contiguous"`` into a ``torch.memory_format``."""
+    if preference == "auto":
+        return preferred_memory_format(device, spatial_dims)
+    if preference == "channels_last":
+        return channels_last_format(spatial_dims)
+    if preference == "contiguous":
+        channels_last_format(spatial_dims)
+        return torch.contiguous_format
+    raise ValueError(f"memory_format={preference!r} is not one of {MEMORY_FORMATS}: pick one of those")
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store every conv weight channels-last and make a MedNeXt run channels-last on any device.
+
+    ``MedNeXt`` already runs channels-last on CPU by default (see :func:`preferred_memory_format`);
+    this forces it elsewhere, e.g. to compare layouts on a GPU. Returns the same model, converted in
+    place. Parameters keep their shapes and values, so state dicts and optimisers are unaffected.
+    """
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            if param.ndim in (4, 5):
+                fmt = channels_last_format(param.ndim - 2)
+                param.data = param.data.contiguous(memory_format=fmt)
+    if hasattr(model, "set_memory_format"):
+        model.set_memory_format("channels_last")
+    return model
+
+
+def fastest_settings(device: str | torch.device) -> dict[str, Any]:
+    """The speed switches for ``device``, as one dict a training or inference script can apply.
+
+    Keys: ``memory_format`` (the string for ``MedNeXt.set_memory_format``), ``autocast_dtype``
+    (``torch.bfloat16`` on GPUs that support it, else ``None``: CPU autocast is left off, since it
+    changes the numbers and the CPU benchmarks measure float32), ``compile`` (whether
+    ``torch.compile`` is worth its start-up cost: not measured yet, so ``False``),
+    ``cudnn_benchmark`` (let cuDNN pick its fastest algorithm for a fixed patch size).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return {"memory_format": "auto", "autocast_dtype": torch.bfloat16 if bf16 else None,
+                "compile": False, "cudnn_benchmark": True}
+    return {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False}

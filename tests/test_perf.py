@@ -1,0 +1,118 @@
+"""The speed paths change where numbers sit, never which numbers come out (nothing here is timed)."""
+
+import pytest
+import torch
+from torch import nn
+
+from mednext_lite import MedNeXt, MedNeXtConfig
+from mednext_lite.blocks import PointwiseConv2d, PointwiseConv3d, pointwise_conv
+from mednext_lite.perf import (
+    channels_last_format,
+    fastest_settings,
+    preferred_memory_format,
+    resolve_memory_format,
+    to_channels_last,
+)
+
+
+def tiny(spatial_dims: int, **kw) -> MedNeXtConfig:
+    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=1, expansion_ratios=2,
+                spatial_dims=spatial_dims, enc_kernel_size=5, dec_kernel_size=3)
+    base.update(kw)
+    return MedNeXtConfig(**base)
+
+
+def outputs_and_grads(model: MedNeXt, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out = out if isinstance(out, list) else [out]
+    sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in out).backward()
+    return [o.detach() for o in out], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_gives_the_same_outputs_and_gradients(spatial_dims):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims, deep_supervision=True)).train()
+    x = torch.randn(2, 2, *([32] * spatial_dims))
+    ref_out, ref_grads = outputs_and_grads(model.set_memory_format("contiguous"), x)
+    out, grads = outputs_and_grads(model.set_memory_format("channels_last"), x)
+    assert len(out) == 5
+    for a, b in zip(ref_out, out):
+        assert b.is_contiguous()  # logits always leave in the default layout
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    assert ref_grads.keys() == grads.keys()
+    # Tolerance relative to the largest gradient: the depthwise biases feed a per-channel norm, so
+    # their true gradient is 0 and both layouts return rounding noise there.
+    scale = max(g.abs().max() for g in ref_grads.values())
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_auto_layout_is_channels_last_on_cpu_and_features_stay_there():
+    model = MedNeXt(tiny(3)).eval()
+    assert model.memory_format == "auto"
+    features = model.forward_features(torch.randn(1, 2, 32, 32, 32))
+    assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in features)
+    features = model.set_memory_format("contiguous").forward_features(torch.randn(1, 2, 32, 32, 32))
+    assert all(f.is_contiguous() for f in features)
+
+
+def test_checkpointing_in_channels_last_gives_identical_gradients():
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(3)).set_memory_format("channels_last")
+    x = torch.randn(2, 2, 32, 32, 32)
+    _, plain = outputs_and_grads(model, x)
+    _, ckpt = outputs_and_grads(model.set_grad_checkpointing(True), x)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("spatial_dims,cls,base", [(2, PointwiseConv2d, nn.Conv2d), (3, PointwiseConv3d, nn.Conv3d)])
+def test_pointwise_conv_is_a_conv_in_every_layout(spatial_dims, cls, base):
+    torch.manual_seed(0)
+    conv = pointwise_conv(spatial_dims, 6, 10)
+    assert type(conv) is cls and isinstance(conv, base)
+    assert conv.weight.shape == (10, 6) + (1,) * spatial_dims
+    plain = base(6, 10, kernel_size=1)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 6, *([5] * spatial_dims))
+    seen = []
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    fmt = channels_last_format(spatial_dims)
+    y_cl = conv(x.contiguous(memory_format=fmt))
+    assert y_cl.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y_cl, plain(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)  # channels-first: the conv itself
+    assert len(seen) == 2  # forward hooks (MAC counters, teaching probes) still fire
+
+
+def test_memory_format_choices_and_errors():
+    assert preferred_memory_format("cpu", 3) == torch.channels_last_3d
+    assert preferred_memory_format("cpu", 2) == torch.channels_last
+    assert preferred_memory_format(torch.device("cuda"), 3) == torch.contiguous_format
+    assert resolve_memory_format("contiguous", "cpu", 3) == torch.contiguous_format
+    assert resolve_memory_format("channels_last", "cuda", 2) == torch.channels_last
+    with pytest.raises(ValueError, match=r"memory_format='nhwc' is not one of \('auto', 'channels_last', 'contiguous'\)"):
+        resolve_memory_format("nhwc", "cpu", 3)
+    with pytest.raises(ValueError, match="spatial_dims=4 is not supported: use 2 or 3"):
+        channels_last_format(4)
+    with pytest.raises(ValueError, match="memory_format='fast' is not one of"):
+        MedNeXt(tiny(2)).set_memory_format("fast")
+
+
+def test_to_channels_last_keeps_values_and_switches_the_model():
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert to_channels_last(model) is model
+    assert model.memory_format == "channels_last"
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in model.parameters() if p.ndim == 5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fastest_settings_for_cpu():
+    s = fastest_settings("cpu")
+    assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False}
