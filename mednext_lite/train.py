@@ -343,7 +343,7 @@ class Trainer:
     ) -> None:
         if not cfg.task_dir:
             raise ValueError("TrainConfig.task_dir is empty: point it at an MSD task directory "
-                             "(e.g. make one with `mednext-lite data synth`)")
+                             "(e.g. write the synthetic one with `mednext-lite data synthesize`)")
         self.cfg = cfg
         self.on_epoch_end = on_epoch_end
         self.on_step_end = on_step_end
@@ -382,6 +382,10 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         train_cases, val_cases = api.load_split(split_path)
+        meta = json.loads(split_path.read_text()).get("meta", {})
+        if meta and (meta.get("fold"), meta.get("seed")) != (cfg.fold, cfg.seed):
+            raise ValueError(f"{split_path} holds fold {meta.get('fold')} (seed {meta.get('seed')}) but this run asks "
+                             f"for fold {cfg.fold} (seed {cfg.seed}): use another --run-dir for another fold")
         if cfg.max_val_cases is not None:
             val_cases = val_cases[: cfg.max_val_cases]
         self.train_cases, self.val_cases = train_cases, val_cases

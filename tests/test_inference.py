@@ -170,3 +170,19 @@ def test_evaluate_folder(tmp_path):
     nib.save(nib.Nifti1Image(ref, affine), str(labels_dir / "b.nii.gz"))
     with pytest.raises(ValueError, match="no prediction"):
         evaluate_folder(pred_dir, [labels_dir / "b.nii.gz"], 3)
+
+
+def test_predict_multimodal_4d_input_writes_a_3d_label_map(tmp_path):
+    from mednext_lite.data.synthetic import make_synthetic_task
+
+    task = make_synthetic_task(tmp_path / "data", n_train=2, n_test=1, flavour="mri4d", shape=(32, 32, 20),
+                               progress=False)
+    info = load_task(task, validate=False)
+    (src,) = info.test
+    original = nib.load(str(src))
+    assert original.ndim == 4 and original.shape[-1] == 2
+    tf = get_transforms(info, mode="infer", patch_size=(32, 32, 32))
+    model = MedNeXt(MedNeXtConfig(in_channels=2, base_width=4, block_counts=1, num_classes=3)).eval()
+    (out,) = predict_files(model, [src], tmp_path / "pred", tf, (32, 32, 32), progress=False)
+    written = nib.load(str(out))
+    assert written.shape == original.shape[:3] and np.allclose(written.affine, original.affine)
