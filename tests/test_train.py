@@ -190,6 +190,38 @@ def test_sigkill_mid_epoch_then_resume_continues_exactly(task, tmp_path):
     for k, v in reference["state_dict"].items():
         assert torch.allclose(final["state_dict"][k], v, rtol=0, atol=1e-6), k
     assert [r["train_loss"] for r in resumed.history] == pytest.approx([r["train_loss"] for r in ref.history], abs=1e-6)
+    # The metrics files are rebuilt from the checkpoint's history: no lost or doubled epoch.
+    with open(tmp_path / "killed" / "metrics.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2]
+
+
+SAVE_LOOP = textwrap.dedent("""
+    import sys, torch
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+    from mednext_lite.train import save_checkpoint
+    model = MedNeXt(MedNeXtConfig(base_width=16))  # ~5 MB of weights: a save takes a while
+    path, i = sys.argv[1], 0
+    while True:
+        i += 1
+        save_checkpoint(path, model, epoch=i, filler=torch.full((250_000,), float(i)))
+        print(i, flush=True)
+""")
+
+
+def test_sigkill_during_checkpoint_writes_never_leaves_a_broken_file(tmp_path):
+    path = tmp_path / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):  # the loop is now always somewhere inside a save
+            assert proc.stdout.readline().strip(), "saver died"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ckpt = load_checkpoint(path)
+    assert ckpt["epoch"] >= 3
+    assert torch.equal(ckpt["filler"], torch.full((250_000,), float(ckpt["epoch"])))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
