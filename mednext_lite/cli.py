@@ -217,30 +217,13 @@ def _input_files(inputs: Sequence[str]) -> list[Path]:
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    import torch
+    from .inference import predict_from_checkpoint
 
-    from .data.dataset import load_task
-    from .data.transforms import get_transforms
-    from .inference import load_model, predict_files, window_size
-
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
-    model, ckpt = load_model(args.checkpoint, device=device)
-    tc = ckpt.get("train_config") or {}
-    if args.task:
-        task_dir = resolve_task_dir(args.task, args.data_dir, create_synthetic=False)
-    elif tc.get("task_dir"):
-        task_dir = Path(tc["task_dir"])
-    else:
-        raise ValueError(f"{args.checkpoint} stores no task: pass --task to choose the preprocessing")
-    info = load_task(task_dir, validate=False)
-    dims = model.config.spatial_dims
-    patch = _patch(args.patch, dims) or tuple(tc.get("patch_size") or (128,) * dims)
-    spacing = tc.get("spacing")
-    tf = get_transforms(info, mode="infer", patch_size=window_size(patch, dims, 3),
-                        spacing=tuple(spacing) if spacing else None)
-    written = predict_files(model, _input_files(args.input), args.output, tf, patch, suffix=args.suffix,
-                            overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size,
-                            device=device, amp=args.amp)
+    task_dir = resolve_task_dir(args.task, args.data_dir, create_synthetic=False) if args.task else None
+    written = predict_from_checkpoint(
+        args.checkpoint, _input_files(args.input), args.output, task_dir=task_dir,
+        patch_size=(args.patch[0] if len(args.patch) == 1 else tuple(args.patch)) if args.patch else None, device=args.device,
+        suffix=args.suffix, overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, amp=args.amp)
     print(f"wrote {len(written)} label map(s) to {args.output}")
     return 0
 

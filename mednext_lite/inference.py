@@ -37,6 +37,7 @@ __all__ = [
     "hd95_scores",
     "load_model",
     "predict_files",
+    "predict_from_checkpoint",
     "predict_volume",
     "sliding_window_logits",
     "window_size",
@@ -303,6 +304,43 @@ def predict_files(
         os.replace(tmp, out)
         written.append(out)
     return written
+
+
+def predict_from_checkpoint(
+    checkpoint: str | os.PathLike | dict,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    task_dir: str | os.PathLike | None = None,
+    patch_size: Sequence[int] | int | None = None,
+    device: str | torch.device = "auto",
+    **kwargs: Any,
+) -> list[Path]:
+    """Segment ``images`` with a trainer checkpoint, repeating its training preprocessing.
+
+    The task (for modality-specific normalisation), patch size and spacing come from the
+    checkpoint's ``train_config`` unless ``task_dir`` / ``patch_size`` are given; other keywords
+    go to :func:`predict_files` (overlap, blend, sw_batch_size, suffix, amp, progress).
+    """
+    from .data.dataset import load_task
+    from .data.transforms import get_transforms
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, ckpt = load_model(checkpoint, device=device)
+    tc = ckpt.get("train_config") or {}
+    task_dir = task_dir or tc.get("task_dir")
+    if not task_dir:
+        raise ValueError("the checkpoint stores no task: pass task_dir= (--task on the command line), the task whose "
+                         "preprocessing to repeat")
+    info = load_task(task_dir, validate=False)
+    dims = model.config.spatial_dims
+    if patch_size is None:
+        patch_size = tuple(tc.get("patch_size") or (128,) * dims)
+    spacing = tc.get("spacing")
+    tf = get_transforms(info, mode="infer", patch_size=window_size(patch_size, dims, 3),
+                        spacing=tuple(spacing) if spacing else None)
+    return predict_files(model, images, out_dir, tf, patch_size, device=device, **kwargs)
 
 
 def evaluate_folder(

@@ -85,3 +85,21 @@ def test_train_predict_evaluate_end_to_end(tmp_path, capsys):
     assert "head" in text and "tail" in text and "mean" in text
     report = json.loads((out / "evaluation.json").read_text())
     assert report["n"] == len(val_images) and set(report["dice"]) == {"head", "tail"}
+
+
+def test_predict_patch_flag_and_missing_input(tmp_path, capsys):
+    from mednext_lite.data.synthetic import make_synthetic_task
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    task = make_synthetic_task(tmp_path / "data", n_train=2, n_test=1, shape=(32, 32, 24), progress=False)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3)))  # no train_config
+    args = ["predict", "--checkpoint", str(ckpt), "--input", str(task / "imagesTs"), "--output", str(tmp_path / "p")]
+    assert main(args) == 2
+    assert "--task" in capsys.readouterr().err
+    assert main([*args, "--task", str(task), "--patch", "32"]) == 0
+    (out,) = (tmp_path / "p").glob("*.nii.gz")
+    assert nib.load(str(out)).shape == (32, 32, 24)
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "none"), "--output", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
