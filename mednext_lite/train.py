@@ -496,12 +496,24 @@ class Trainer:
             self._log(f"could not draw curves: {err}")
 
     def _plot(self) -> None:
-        from .viz import plot_curves
+        from matplotlib.figure import Figure
 
-        keep = [k for k in (self.history[-1] if self.history else {})
-                if k == "epoch" or k == "train_loss" or k.startswith("val_dice")]
-        rows = [{k: r.get(k, float("nan")) for k in keep} for r in self.history]
-        fig = plot_curves(rows, title=self.run_dir.name)
+        fig = Figure(figsize=(10, 3.6), layout="constrained")
+        ax_loss, ax_dice = fig.subplots(1, 2)
+        epochs = [r["epoch"] for r in self.history]
+        ax_loss.plot(epochs, [r["train_loss"] for r in self.history], marker=".", label="train loss (Dice + CE)")
+        ax_loss.set(title=f"{self.run_dir.name}: training loss", xlabel="epoch", ylabel="loss")
+        # Validation runs every val_every epochs: plot the epochs that have it, joined by lines.
+        keys = [k for k in self.history[-1] if k.startswith("val_dice")]
+        for key in sorted(keys, key=lambda k: k != "val_dice_mean"):
+            pts = [(r["epoch"], r[key]) for r in self.history if key in r]
+            ax_dice.plot(*zip(*pts), marker="o", linewidth=2.5 if key == "val_dice_mean" else 1,
+                         label=key.replace("val_dice_", "Dice "))
+        ax_dice.set(title="validation Dice (sliding window)", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+        for ax in (ax_loss, ax_dice):
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
         tmp = self.run_dir / f".curves.tmp{os.getpid()}.png"
         fig.savefig(tmp, dpi=90)
         os.replace(tmp, self.run_dir / "curves.png")
