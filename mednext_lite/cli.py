@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,15 @@ def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic
         flavour = _SYNTHETIC[key]
         target = root / FLAVOURS[flavour].task_name
         if (target / "dataset.json").is_file() or not create_synthetic:
+            return target
+        if int(os.environ.get("RANK", "0")) != 0:
+            # Under torchrun only rank 0 writes the task; dataset.json is its last file.
+            deadline = time.monotonic() + 600
+            while not (target / "dataset.json").is_file():
+                if time.monotonic() > deadline:
+                    raise ValueError(f"rank {os.environ['RANK']} waited 10 min for rank 0 to write {target}; "
+                                     f"write it once first: mednext-lite data synthesize --data-dir {root}")
+                time.sleep(1.0)
             return target
         return make_synthetic_task(root, flavour=flavour, progress=True)
     try:
