@@ -83,7 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} is corrupt (not a readable PyTorch file): delete it and use the previous one"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # any other failure to unpickle means a damaged file, whatever the exception
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err)[:200]}): "
             "it was probably cut off while being written; use the previous checkpoint (e.g. last.pt / best.pt)"

@@ -62,9 +62,10 @@ def test_corrupt_truncated_and_missing_files_are_named(tmp_path):
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.pt is corrupt or truncated"):
         load_checkpoint(tmp_path / "cut.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match=r"junk\.pt is corrupt"):
-        load_checkpoint(tmp_path / "junk.pt")
+    for i, junk in enumerate([b"not a checkpoint at all", b"this is not a checkpoint", b"", b"\x80\x02}q"]):
+        (tmp_path / f"junk{i}.pt").write_bytes(junk)
+        with pytest.raises(CheckpointError, match=rf"junk{i}\.pt is corrupt"):
+            load_checkpoint(tmp_path / f"junk{i}.pt")
     with pytest.raises(CheckpointError, match=r"nothere\.pt does not exist"):
         load_checkpoint(tmp_path / "nothere.pt")
     with pytest.raises(CheckpointError, match="no embedded config"):
