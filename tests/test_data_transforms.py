@@ -44,6 +44,17 @@ def test_train_pipeline_patches_and_positive_sampling(tasks):
         assert set(torch.unique(sample["label"]).tolist()) <= {0.0, 1.0, 2.0}
 
 
+@pytest.mark.parametrize("patch", [(32, 16, 16), (16, 32, 8), (16, 16, 1)])
+def test_non_cubic_patches_keep_their_shape_under_augmentation(tasks, patch):
+    # 90-degree turns are limited to a square plane of the patch, so every sample stacks.
+    info = tasks["mri"]
+    tx = get_transforms(info, mode="train", patch_size=patch, num_samples=4, augment=True)
+    for seed in range(4):
+        tx.set_random_state(seed)
+        shapes = {tuple(s["image"].shape[1:]) for s in tx(info.training[seed % 4])}
+        assert shapes == {patch}
+
+
 def test_mri_zscore_on_nonzero_and_crop(tasks):
     info = tasks["mri"]
     out = get_transforms(info, mode="val", patch_size=16)(info.training[0])

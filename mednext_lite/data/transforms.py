@@ -135,11 +135,17 @@ def get_transforms(
                                             neg=1.0 - pos_ratio, num_samples=num_samples, image_key="image",
                                             image_threshold=0.0 if info.is_ct else -np.inf))
         if augment:
+            # 90-degree turns only in a plane whose two patch sides are equal: a turn in any other
+            # plane would swap the sides and the patches of one batch could no longer be stacked.
+            square = next(((a, b) for a, b in ((0, 1), (1, 2), (0, 2)) if patch[a] == patch[b]), None)
             steps += [
                 RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
                 RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
                 RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-                RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=(0, 1)),
+            ]
+            if square is not None:
+                steps.append(RandRotate90d(keys=keys, prob=0.5, max_k=3, spatial_axes=square))
+            steps += [
                 RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
                 RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
                 RandGaussianNoised(keys="image", prob=0.15, std=0.05),
