@@ -105,8 +105,15 @@ def run_notebook(
     output_path = build / f"{spec.name}.ipynb"
     output_dir = (build / spec.name).resolve()
     params = {**spec.parameters, "output_dir": str(output_dir), **dict(parameters or {})}
+    if output_dir.exists():  # a clean slate: the executed copy must show this run only
+        import shutil
+
+        shutil.rmtree(output_dir)
     # The kernel inherits this process's environment: force static figures and a headless backend.
     env_changes = {"MEDNEXT_LITE_HEADLESS": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
+    # One intra-op thread unless the caller chose otherwise: on a shared 2-core CI runner, OpenMP
+    # threads that wait on each other made small CPU training steps 3-10x slower than one thread.
+    env_changes["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     saved = {k: os.environ.get(k) for k in env_changes}
     os.environ.update(env_changes)
     start = time.perf_counter()
@@ -248,6 +255,16 @@ class Lesson:
             display(Image(filename=str(path)))
         except ImportError:
             pass
+        return path
+
+    def run_dir(self, name: str) -> Path:
+        """An EMPTY folder ``output_dir/name`` for a training run, so re-running a lesson cell starts
+        that run afresh (the trainer refuses to overwrite a run it did not resume)."""
+        import shutil
+
+        path = self.out / name
+        if path.exists():
+            shutil.rmtree(path)
         return path
 
     def record(self, **values: Any) -> None:
