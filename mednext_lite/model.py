@@ -238,10 +238,10 @@ class MedNeXt(nn.Module):
                     f"{DIVISOR}: {fix}"
                 )
         bottleneck_voxels = x.shape[0] * math.prod(n // DIVISOR for n in x.shape[2:])
-        if c.norm == "group" and self.training and bottleneck_voxels == 1:
+        if c.norm == "group" and bottleneck_voxels == 1:
             raise ValueError(
                 f"input shape {tuple(x.shape)} leaves one voxel per channel at the 1/{DIVISOR} bottleneck, where "
-                "GroupNorm (one group per channel) has nothing to normalise in training: use a batch of 2 or more, "
+                "GroupNorm (one group per channel) has nothing to normalise: use a batch of 2 or more, "
                 f"or at least {2 * DIVISOR} voxels along one axis"
             )
 

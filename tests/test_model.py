@@ -83,7 +83,8 @@ def test_input_errors_name_value_and_fix():
         model(torch.randn(1, 3, 32, 32, 32))
     with pytest.raises(ValueError, match=r"one voxel per channel at the 1/16 bottleneck"):
         model(torch.randn(1, 2, 16, 16, 16))
-    model.eval()(torch.randn(1, 2, 16, 16, 16))  # fine in eval mode, as GroupNorm itself allows
+    assert model(torch.randn(2, 2, 16, 16, 16)).shape == (2, 3, 16, 16, 16)  # a batch of 2 is enough
+    assert MedNeXt(tiny(norm="layer"))(torch.randn(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
     with pytest.raises(ValueError, match=r"expected a 5D input"):
         model(torch.randn(2, 32, 32, 32))
 
