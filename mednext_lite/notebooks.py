@@ -105,6 +105,13 @@ def run_notebook(
     output_path = build / f"{spec.name}.ipynb"
     output_dir = (build / spec.name).resolve()
     params = {**spec.parameters, "output_dir": str(output_dir), **dict(parameters or {})}
+    # papermill only warns about a parameter the notebook does not declare; here it is an error,
+    # since a silently ignored override would make CI run the full-size teaching values.
+    declared = set(pm.inspect_notebook(str(spec.path)))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise ValueError(f"{spec.name}: parameters {unknown} are not declared in its parameters cell "
+                         f"(declared: {sorted(declared)}); fix notebooks/ci.yaml or the notebook")
     if output_dir.exists():  # a clean slate: the executed copy must show this run only
         import shutil
 

@@ -101,3 +101,13 @@ def test_notebook_executes(spec, request):
     assert not errors
     assert run.summary, f"{spec.name} wrote no summary.json"
     (run.output_dir / "seconds.json").write_text(json.dumps({"seconds": run.seconds}))
+
+
+@pytest.mark.parametrize("spec", MANIFEST, ids=lambda s: s.name)
+def test_manifest_parameters_are_declared(spec):
+    """papermill only warns about an undeclared parameter; CI would then silently run full size."""
+    import papermill as pm
+
+    declared = set(pm.inspect_notebook(str(spec.path)))
+    assert set(spec.parameters) <= declared, sorted(set(spec.parameters) - declared)
+    assert {"output_dir", "seed", "device"} <= declared
