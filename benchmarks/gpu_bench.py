@@ -1,0 +1,157 @@
+"""GPU comparison table: MedNeXt S/B, k3/k5, 128^3, ours (fp32 / bf16 / channels-last / compile) vs MONAI.
+
+Run by ``benchmarks/gpu_check.sh``; prints one Markdown table (and ``--json`` rows). Each row is the
+median of ``--repeats`` timed training steps (forward + backward + AdamW, batch 1) after warm-up,
+with ``torch.cuda.synchronize`` around each, and the peak of ``torch.cuda.max_memory_allocated``.
+MONAI's S network is the same maths as ours (its weights are copied over and the outputs checked);
+MONAI's B builds its down blocks with other expansion ratios (see ``mednext_lite.interop``), so the
+B rows compare two slightly different networks and say so. A global time guard skips what is left
+once ``--budget-s`` is spent, so the script always finishes inside the machine's slot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def build(impl: str, variant: str, k: int, size: int, device: torch.device):
+    from monai.networks.nets.mednext import create_mednext as monai_mednext
+
+    from mednext_lite import MedNeXt, create_mednext
+    from mednext_lite.interop import convert_monai_state_dict
+
+    torch.manual_seed(0)
+    theirs = monai_mednext(variant, 3, 1, 3, k, deep_supervision=False)
+    if impl == "monai":
+        return theirs.to(device)
+    if variant == "S":
+        sd, config = convert_monai_state_dict(theirs.state_dict())
+        ours = MedNeXt(config)
+        ours.load_state_dict(sd)
+    else:
+        ours = create_mednext(variant, 1, 3, k, 3).set_grad_checkpointing(False)
+    return ours.to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_fn(model, x, y, opt, amp_dtype):
+    def step():
+        opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+        with ctx:
+            out = model(x)
+        F.cross_entropy(out.float(), y).backward()
+        opt.step()
+    return step
+
+
+def time_steps(step, repeats: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--variants", nargs="+", default=["S", "B"])
+    p.add_argument("--kernels", type=int, nargs="+", default=[3, 5])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=330.0)
+    p.add_argument("--compile", default="S", help="variants that also get a torch.compile row ('' for none)")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--train-json", type=Path, help="train_synthetic.py's --json output, added as the last row")
+    p.add_argument("--device", default="cuda", help="'cpu' only to dry-run this script at a tiny --size")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: this script is for the GPU machine (benchmarks/gpu_check.sh)")
+        return 2
+    from mednext_lite.perf import to_channels_last
+
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry run"
+    print(f"# {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+          f"cuDNN {torch.backends.cudnn.version()}, 1x1x{args.size}^3, batch 1, median of {args.repeats} steps")
+    print("| model | k | variant | step ms | vs MONAI fp32 | peak GiB |")
+    print("|---|---|---|---|---|---|")
+    rows, start = [], time.perf_counter()
+    size = (args.size,) * 3
+    for variant in args.variants:
+        for k in args.kernels:
+            x = torch.randn(1, 1, *size, device=device)
+            y = torch.randint(0, 3, (1, *size), device=device)
+            configs = [("monai", "MONAI fp32", None, False, False), ("ours", "ours fp32", None, False, False),
+                       ("ours", "ours bf16", torch.bfloat16, False, False),
+                       ("ours", "ours bf16 + channels-last", torch.bfloat16, True, False)]
+            if variant in args.compile:
+                configs.append(("ours", "ours bf16 + compile", torch.bfloat16, False, True))
+            baseline = None
+            for impl, label, amp, cl, compiled in configs:
+                if time.perf_counter() - start > args.budget_s:
+                    print(f"| {variant} | {k} | {label} | skipped: time budget spent | | |", flush=True)
+                    continue
+                model = build(impl, variant, k, args.size, device)
+                if cl:
+                    to_channels_last(model)
+                note = ""
+                if impl == "ours" and variant == "S" and not cl and amp is None and not compiled:
+                    ref = build("monai", variant, k, args.size, device)
+                    with torch.no_grad():
+                        diff = float((ref(x) - model(x)).abs().max())
+                    note = f" (max abs diff to MONAI {diff:.1e})"
+                    del ref
+                net = torch.compile(model) if compiled else model
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    ms = 1000 * time_steps(step_fn(net, x, y, opt, amp), args.repeats, args.warmup, device)
+                except torch.cuda.OutOfMemoryError:
+                    print(f"| {variant} | {k} | {label} | out of memory | | |", flush=True)
+                    continue
+                peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                baseline = ms if impl == "monai" else baseline
+                ratio = f"{baseline / ms:.2f}x" if baseline else "n/a"
+                what = f"MedNeXt-{variant}" + ("" if variant == "S" else " (MONAI's B differs: not identical maths)")
+                print(f"| {what} | {k} | {label}{note} | {ms:.1f} | {ratio} | {peak:.2f} |", flush=True)
+                rows.append(dict(variant=variant, k=k, label=label, ms=ms, peak_gib=peak, speedup=baseline / ms if baseline else None))
+                del model, net, opt
+    if args.train_json:
+        if args.train_json.exists():
+            t = json.loads(args.train_json.read_text())
+            print(f"| synthetic-task training: {t['what']} | 3 | trainer defaults (amp auto) "
+                  f"| {t['train_wall_s']:.0f} s in all | mean fg Dice {t['mednext_final_mean_dice']:.3f} "
+                  f"(threshold {t['threshold_baseline_mean_dice']:.3f}) | |")
+        else:
+            print("| synthetic-task training | | | did not finish (see train.log) | | |")
+    print(f"(total {time.perf_counter() - start:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
