@@ -234,7 +234,7 @@ def load_model(checkpoint: str | os.PathLike | dict, device: str | torch.device 
     The checkpoint's ``train_config`` (when written by the trainer) tells the patch size and
     preprocessing used in training, so prediction can repeat them.
     """
-    from .train import load_checkpoint, model_from_checkpoint
+    from .interop import load_checkpoint, model_from_checkpoint
 
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt).to(device).eval()

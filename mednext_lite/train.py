@@ -40,23 +40,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .inference import _summarise, evaluate_model, window_size
-from .interop import CheckpointError, model_from_checkpoint, save_checkpoint
-from .interop import load_checkpoint as _interop_load
+from .interop import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
 from .variants import get_preset, preset_config
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """:func:`mednext_lite.interop.load_checkpoint` (``weights_only`` loading), with any other failure of
-    the unpickler on a damaged file also reported as a :class:`CheckpointError` naming the file."""
-    try:
-        return _interop_load(path, map_location=map_location)
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the safe unpickler raises IndexError/KeyError/... on garbage bytes
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err}): "
-                              "use the previous checkpoint (last.pt / best.pt) or retrain") from None
 
 
 __all__ = [
