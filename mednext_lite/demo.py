@@ -1,32 +1,101 @@
-"""``make demo``: the preset table and one real training step, on any CPU, with no network."""
+"""``make demo``: the whole kit on a CPU in minutes (``python -m mednext_lite.demo``).
+
+Writes the synthetic task and scores the intensity-threshold baseline on it, then executes every
+lesson notebook through papermill with its ``notebooks/ci.yaml`` parameters, and prints where the
+executed notebooks and figures are, how long each took, and the Dice the trained network reached
+against the baseline. A failing notebook does not stop the others; the exit status says whether
+all of them passed.
+"""
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
-import torch
+from .notebooks import BUILD_DIR, NotebookError, load_manifest, run_notebook
 
-from .model import MedNeXt, MedNeXtConfig
-from .profile import format_table, preset_table
+#: Figures copied by ``--figures`` (the README shows these): (notebook, file name in its output dir).
+README_FIGURES = [
+    ("04_train_msd", "prediction.png"),
+    ("03_upkern", "upkern_curves.png"),
+    ("01_mednext_block", "effective_receptive_field.png"),
+    ("05_slice_viewer", "windows.png"),
+]
 
 
-def main() -> int:
-    print("MedNeXt presets (3D, 1 input channel, 3 classes, 1x128^3 input):\n")
-    print(format_table(preset_table(3)))
-    torch.manual_seed(0)
-    config = MedNeXtConfig(in_channels=1, num_classes=3, base_width=8, block_counts=1, deep_supervision=True)
-    model = MedNeXt(config)
-    x = torch.randn(2, 1, 32, 32, 32)
-    y = ((x > 0.5).long() + (x > 1.5).long())[:, 0]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, eps=1e-4, weight_decay=3e-5)
-    t0 = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(x)[0], y)
-    loss.backward()
-    opt.step()
-    print(f"\none training step of a small MedNeXt on a synthetic 32^3 volume: loss {loss.item():.4f} "
-          f"({time.perf_counter() - t0:.2f} s)")
-    return 0
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo; returns 0 when every notebook ran and checked its claims."""
+    parser = argparse.ArgumentParser(prog="python -m mednext_lite.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="run only these notebooks (names or number prefixes, e.g. 04 05)")
+    parser.add_argument("--build-dir", default=str(BUILD_DIR), help="where executed notebooks and outputs go")
+    parser.add_argument("--figures", default=None, metavar="DIR",
+                        help="also copy the README figures into DIR (e.g. docs/figures)")
+    args = parser.parse_args(argv)
+    build = Path(args.build_dir).resolve()
+
+    from .data import make_synthetic_task, threshold_baseline
+
+    print("1/2 synthetic task (MSD layout, two structures of equal intensity)")
+    task_dir = make_synthetic_task(build.parent / "data", progress=False)
+    baseline = threshold_baseline(task_dir)
+    print(f"    {task_dir}: intensity-threshold baseline mean foreground Dice "
+          f"{baseline['mean_foreground_dice']:.3f} (per class {_rounded(baseline['dice'])})")
+
+    specs = load_manifest()
+    if args.only:
+        specs = [s for s in specs if any(s.name == o or s.name.startswith(o) for o in args.only)]
+        if not specs:
+            parser.error(f"--only {args.only} matches no notebook in notebooks/ci.yaml")
+    print(f"2/2 {len(specs)} notebooks through papermill -> {build}")
+    runs, failures = [], []
+    start = time.perf_counter()
+    for spec in specs:
+        t0 = time.perf_counter()
+        try:
+            run = run_notebook(spec, build_dir=build)
+        except NotebookError as err:
+            failures.append((spec.name, str(err)))
+            print(f"    {spec.name:<22} FAILED after {time.perf_counter() - t0:.0f} s", flush=True)
+            continue
+        runs.append(run)
+        print(f"    {spec.name:<22} ok in {run.seconds:5.1f} s", flush=True)
+    total = time.perf_counter() - start
+
+    print(f"\nexecuted notebooks: {build}/<name>.ipynb; figures and CSV: {build}/<name>/")
+    for run in runs:
+        figures = sorted(p.name for p in run.output_dir.glob("*.png"))
+        print(f"  {run.spec.name:<22} {run.seconds:6.1f} s  {', '.join(figures) or '-'}")
+    print(f"  total {total:.0f} s")
+    trained = next((r.summary for r in runs if r.spec.name.startswith("04")), None)
+    if trained:
+        print(f"\nDice reached (04, {trained.get('task')}, validation cases, NIfTI predictions): "
+              f"{trained['predicted_mean_dice']:.3f} {_rounded(trained['predicted_dice'])}; "
+              f"threshold baseline on the same cases {trained['baseline_mean_dice']:.3f}")
+    upkern = next((r.summary for r in runs if r.spec.name.startswith("03")), None)
+    if upkern:
+        print(f"UpKern (03): k5 from UpKern {upkern['k5_upkern_dice']:.3f} vs k5 from scratch "
+              f"{upkern['k5_scratch_dice']:.3f} on the same budget")
+    if args.figures:
+        out = Path(args.figures)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, file in README_FIGURES:
+            source = build / name / file
+            if source.is_file():
+                shutil.copy2(source, out / f"{name[:2]}_{file}")
+        print(f"README figures copied to {out}")
+    for name, message in failures:
+        print(f"\n{name} FAILED:\n{message}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _rounded(values: dict) -> dict:
+    return {k: round(float(v), 3) for k, v in values.items()}
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -111,3 +111,15 @@ def test_manifest_parameters_are_declared(spec):
     declared = set(pm.inspect_notebook(str(spec.path)))
     assert set(spec.parameters) <= declared, sorted(set(spec.parameters) - declared)
     assert {"output_dir", "seed", "device"} <= declared
+
+
+@pytest.mark.notebooks
+def test_demo_runs_selected_notebooks_and_reports(tmp_path, capsys):
+    from mednext_lite import demo
+
+    code = demo.main(["--only", "06", "--build-dir", str(tmp_path / "notebooks"), "--figures", str(tmp_path / "f")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "intensity-threshold baseline" in out and "06_exercises" in out and "ok in" in out
+    assert (tmp_path / "notebooks" / "06_exercises.ipynb").is_file()
+    assert (tmp_path / "data" / "Task90_SyntheticMRI" / "dataset.json").is_file()
