@@ -21,9 +21,19 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "Feedback", "check_block_forward", "check_block_parameters", "check_receptive_field", "check_upkern",
-    "check_window_limits", "check_lung_window", "check_dice", "check_dice_table", "DICE_TABLE",
-    "CHECKS", "MISTAKES", "verify_checkers",
+    "CHECKS",
+    "DICE_TABLE",
+    "MISTAKES",
+    "Feedback",
+    "check_block_forward",
+    "check_block_parameters",
+    "check_dice",
+    "check_dice_table",
+    "check_lung_window",
+    "check_receptive_field",
+    "check_upkern",
+    "check_window_limits",
+    "verify_checkers",
 ]
 
 

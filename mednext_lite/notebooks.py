@@ -20,8 +20,18 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "NOTEBOOK_DIR", "REPO_ROOT", "BUILD_DIR", "NotebookSpec", "NotebookRun", "NotebookError",
-    "load_manifest", "run_notebook", "notebook_problems", "collect_csv", "plot_sweep",
+    "BUILD_DIR",
+    "NOTEBOOK_DIR",
+    "REPO_ROOT",
+    "Lesson",
+    "NotebookError",
+    "NotebookRun",
+    "NotebookSpec",
+    "collect_csv",
+    "load_manifest",
+    "notebook_problems",
+    "plot_sweep",
+    "run_notebook",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +72,7 @@ def load_manifest(path: str | os.PathLike | None = None) -> list[NotebookSpec]:
     data = yaml.safe_load(path.read_text())
     entries = data.get("notebooks") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a top-level 'notebooks:' list of entries with name/parameters/timeout_s")
+        raise TypeError(f"{path}: expected a top-level 'notebooks:' list of entries with name/parameters/timeout_s")
     specs = []
     for entry in entries:
         name = entry["name"]
@@ -282,5 +292,3 @@ class Lesson:
         tmp.write_text(json.dumps(self.summary, indent=2, default=str))
         os.replace(tmp, path)
 
-
-__all__.append("Lesson")

@@ -20,9 +20,21 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 __all__ = [
-    "PLANES", "CT_WINDOWS", "MRI_WINDOWS", "MODES", "HEADLESS_ENV_VAR",
-    "window_limits", "extract_slice", "plane_extent", "slice_aspect", "label_colormap",
-    "has_widget_frontend", "figure_png", "SliceViewer", "show_slices", "plot_curves",
+    "CT_WINDOWS",
+    "HEADLESS_ENV_VAR",
+    "MODES",
+    "MRI_WINDOWS",
+    "PLANES",
+    "SliceViewer",
+    "extract_slice",
+    "figure_png",
+    "has_widget_frontend",
+    "label_colormap",
+    "plane_extent",
+    "plot_curves",
+    "show_slices",
+    "slice_aspect",
+    "window_limits",
 ]
 
 #: Plane name -> the array axis held fixed. Volumes are indexed (x, y, z) as nibabel reads them.

@@ -116,7 +116,8 @@ fig = viz.plot_curves({"epoch": [r["epoch"] for r in history], "train_loss": [r[
 lesson.show(fig, "training_curves")
 print(f"best validation Dice {result.best_mean_dice:.3f} at epoch {result.best_epoch}; {result.seconds:.0f} s; "
       f"checkpoint {result.best_checkpoint}")
-assert history[-1]["train_loss"] < history[0]["train_loss"], "the training loss must go down"
+if len(history) > 1:
+    assert history[-1]["train_loss"] < history[0]["train_loss"], "the training loss must go down"
 
 # %% [markdown]
 # ## 3. Predict, save as NIfTI, score per class
