@@ -227,7 +227,8 @@ class SliceViewer:
         self.label_names = {k: names.get(k, f"label {k}") for k in range(1, self.num_labels + 1)}
         self.cmap = label_colormap(self.num_labels)
         self.title = title
-        self.plane = "axial"
+        _plane_axis(plane)
+        self.plane = plane
         self.channel = channel
         self.window: str | tuple[float, float] = window or ("soft tissue" if self.is_ct else "1-99 %")
         self.alpha = float(alpha)
@@ -238,7 +239,7 @@ class SliceViewer:
         self._output = None
         self._syncing = False
         self._live = True
-        self.update(plane=plane, index=index, window=self.window, alpha=self.alpha, mode=self.mode)
+        self.update(index=index, window=self.window, alpha=self.alpha, mode=self.mode)
 
     # -- state --------------------------------------------------------------------------------
     def num_slices(self, plane: str | None = None) -> int:

@@ -158,3 +158,10 @@ def test_plot_curves():
     assert loss_ax.get_xlabel() == "epoch"
     with pytest.raises(ValueError, match="no series"):
         viz.plot_curves({"epoch": [1, 2]})
+
+
+def test_initial_plane_starts_at_its_best_slice(volume):
+    image, label, _ = volume
+    viewer = viz.SliceViewer(image, label, plane="sagittal")
+    assert viewer.plane == "sagittal" and viewer.index == 10  # x = 10, 11 hold 4 voxels of label 2 each
+    np.testing.assert_array_equal(_image_artist(viewer).get_array(), image[10].T)

@@ -94,7 +94,7 @@ from matplotlib.figure import Figure
 
 fig = Figure(figsize=(9, 4), layout="constrained")
 axes = fig.subplots(1, 2)
-for ax, sp, name in ((axes[0], (1.0, 1.0, 1.0), "voxels (spacing ignored)"), (axes[1], spacing, "millimetres")):
+for ax, sp, name in ((axes[0], (1.0, 1.0, 1.0), "voxels (spacing ignored)"), (axes[1], spacing, "mm (true spacing)")):
     v = viz.SliceViewer(image, label, spacing=sp, is_ct=info.is_ct, plane="coronal")
     v.draw_on([ax])
     ax.set_title(f"coronal, drawn in {name}")
