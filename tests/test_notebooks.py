@@ -91,9 +91,9 @@ def test_failing_cell_is_quoted(tmp_path):
 
 @pytest.mark.notebooks
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", MANIFEST, ids=lambda s: s.name)
-def test_notebook_executes(spec, request):
-    request.node.add_marker(pytest.mark.timeout(spec.timeout_s + 60))
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name, marks=pytest.mark.timeout(s.timeout_s + 60))
+                                  for s in MANIFEST])
+def test_notebook_executes(spec):
     run = nbrun.run_notebook(spec)
     assert run.output_path.is_file()
     executed = nbformat.read(run.output_path, as_version=4)
