@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from mednext_lite import MedNeXt, MedNeXtConfig
-from mednext_lite.blocks import PointwiseConv2d, PointwiseConv3d, pointwise_conv
+from mednext_lite.blocks import (
+    DepthwiseConv2d,
+    DepthwiseConv3d,
+    MedNeXtBlock,
+    PointwiseConv2d,
+    PointwiseConv3d,
+    _DepthwiseGrad,
+    pointwise_conv,
+)
 from mednext_lite.perf import (
     channels_last_format,
     fastest_settings,
@@ -86,6 +94,43 @@ def test_pointwise_conv_is_a_conv_in_every_layout(spatial_dims, cls, base):
     torch.testing.assert_close(y_cl, plain(x), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(conv(x), plain(x), rtol=0, atol=0)  # channels-first: the conv itself
     assert len(seen) == 2  # forward hooks (MAC counters, teaching probes) still fire
+
+
+@pytest.mark.parametrize("spatial_dims,k", [(2, 3), (2, 5), (3, 3)])
+def test_depthwise_backward_passes_gradcheck(spatial_dims, k):
+    torch.manual_seed(0)
+    conv = (DepthwiseConv2d if spatial_dims == 2 else DepthwiseConv3d)(2, 2, k, padding=k // 2, groups=2).double()
+    x = torch.randn(2, 2, *([4] * spatial_dims), dtype=torch.double)
+    x = x.contiguous(memory_format=channels_last_format(spatial_dims)).requires_grad_(True)
+    # finite differences against the hand-written backward, for the input, weight and bias
+    assert torch.autograd.gradcheck(lambda inp, w, b: _DepthwiseGrad.apply(inp, w, b, k // 2),
+                                    (x, conv.weight, conv.bias))
+
+
+@pytest.mark.parametrize("spatial_dims,k", [(2, 5), (3, 3), (3, 5)])
+def test_depthwise_conv_matches_pytorch_in_channels_last(spatial_dims, k):
+    torch.manual_seed(0)
+    conv = (DepthwiseConv2d if spatial_dims == 2 else DepthwiseConv3d)(8, 8, k, padding=k // 2, groups=8)
+    plain = getattr(nn, f"Conv{spatial_dims}d")(8, 8, k, padding=k // 2, groups=8)
+    plain.load_state_dict(conv.state_dict())
+    fmt = channels_last_format(spatial_dims)
+    x = torch.randn(2, 8, *([12] * spatial_dims)).contiguous(memory_format=fmt).requires_grad_(True)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y, y_ref = conv(x), plain(x_ref)
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, y_ref)
+    noise = torch.randn_like(y_ref)
+    grads = torch.autograd.grad((y * noise).sum(), (x, conv.weight, conv.bias))
+    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+def test_blocks_use_the_fast_depthwise_conv_only_where_it_applies():
+    assert type(MedNeXtBlock(4, spatial_dims=3).conv1) is DepthwiseConv3d
+    assert type(MedNeXtBlock(4, spatial_dims=2).conv1) is DepthwiseConv2d
+    model = MedNeXt(tiny(3))
+    assert type(model.downs[0].conv1) is nn.Conv3d and type(model.ups[0].conv1) is nn.ConvTranspose3d
 
 
 def test_memory_format_choices_and_errors():
