@@ -16,7 +16,7 @@ medians of wall-clock and of process CPU time, and the ratio of medians. Peak me
 resident-set high-water mark (``VmHWM``, reset just before the first step) minus its resident size
 just before that step: a whole-process measure, valid for torch's CPU allocator, unlike tracemalloc.
 
-    python benchmarks/bench_model.py                 # everything (about 25 minutes on 2 cores)
+    python benchmarks/bench_model.py                 # everything (about 40 minutes on a busy 2-core VM)
     python benchmarks/bench_model.py --only train --repeats 3 --size3d 32 --size2d 128   # a quick look
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-SECTIONS = ("train", "ckpt", "infer", "peak")
+SECTIONS = ("train", "peak", "ckpt", "infer")
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,17 +160,24 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def interleave(a: Worker, b: Worker, command: str, repeats: int, budget_s: float) -> tuple[list, list]:
-    """Alternate ``command`` between two workers (A B, B A, ...) after one warm-up each."""
-    a.ask(command), b.ask(command)  # warm-up: oneDNN primitives, optimiser state, allocator
+def interleave(a: Worker, b: Worker, command: str, repeats: int, budget_s: float, *, warmup: bool = True,
+               between=None) -> tuple[list, list]:
+    """Alternate ``command`` between two workers (A B, B A, ...), after one warm-up each.
+
+    ``between()``, when given, runs in this process after every pair, while both workers are idle.
+    """
+    if warmup:
+        a.ask(command), b.ask(command)  # oneDNN primitives, optimiser state, allocator
     ra, rb, t0 = [], [], time.perf_counter()
     for i in range(repeats):
         first, second = (a, b) if i % 2 == 0 else (b, a)
         r1, r2 = first.ask(command), second.ask(command)
         (ra, rb)[first is b].append(r1)
         (ra, rb)[second is b].append(r2)
+        if between is not None:
+            between()
         if i + 1 >= 3 and time.perf_counter() - t0 > budget_s:
-            break  # enough for a median; say how many below
+            break  # enough for a median; the table says how many
     return ra, rb
 
 
@@ -213,14 +220,17 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
             ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
             try:
                 diff = check_equal(ours, theirs)
-                ro, rm = interleave(ours, theirs, "step", args.repeats, args.budget_s)
+                matmul: list[float] = []
+                ro, rm = interleave(ours, theirs, "step", args.repeats, args.budget_s,
+                                    between=lambda: matmul.append(matmul_gflops()))
                 mo, mm = ours.ask("mem"), theirs.ask("mem")
             finally:
                 ours.close(), theirs.close()
             row = dict(section="train", dims=dims, size=size, k=k, n=len(ro),
                        ours_s=med(ro, "wall"), monai_s=med(rm, "wall"),
                        ours_cpu_s=med(ro, "cpu"), monai_cpu_s=med(rm, "cpu"),
-                       ours_peak=mo["step_peak"], monai_peak=mm["step_peak"], max_abs_diff=diff)
+                       ours_peak=mo["step_peak"], monai_peak=mm["step_peak"], max_abs_diff=diff,
+                       ours_rss=mo["peak_rss"], monai_rss=mm["peak_rss"], matmul_gflops=statistics.median(matmul))
             row["speedup"] = row["monai_s"] / row["ours_s"]
             row["speedup_cpu"] = row["monai_cpu_s"] / row["ours_cpu_s"]
             rows.append(row)
@@ -262,7 +272,8 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
         ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
         try:
             check_equal(ours, theirs)
-            ro, rm = interleave(ours, theirs, "infer", args.infer_repeats, args.budget_s)
+            # no separate warm-up: each call runs 27 windows, the first of which warms up
+            ro, rm = interleave(ours, theirs, "infer", args.infer_repeats, args.budget_s, warmup=False)
         finally:
             ours.close(), theirs.close()
         row = dict(section="infer", k=k, n=len(ro), ours_vpm=60 / med(ro, "wall"), monai_vpm=60 / med(rm, "wall"))
@@ -283,34 +294,29 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
 
 
 def bench_peak(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Achieved GFLOP/s of our training steps (from the ``train`` rows) next to a float32 matmul's,
+    the matmul measured in the same run between the interleaved steps."""
     from mednext_lite.profile import count_macs
     from mednext_lite.variants import preset_config
 
-    print(f"\n## Achieved throughput vs the machine, S preset training step, 1x1x{args.size3d}^3")
-    print("| what | GFLOP/s |")
-    print("|---|---|")
-    spec = dict(variant="S", dims=3, size=args.size3d, classes=3, impl="ours", threads=args.threads)
-    mm, steps = [], {}
-    workers = {k: Worker(dict(spec, k=k)) for k in args.kernels}
-    try:
-        for w in workers.values():
-            w.ask("step")
-        for _ in range(args.repeats):  # matmul and steps interleaved, so both see the same load
-            mm.append(matmul_gflops())
-            for k, w in workers.items():
-                steps.setdefault(k, []).append(w.ask("step"))
-    finally:
-        for w in workers.values():
-            w.close()
-    peak = statistics.median(mm)
-    print(f"| float32 matmul 4096x4096 (torch/MKL) | {peak:.0f} |")
-    for k in args.kernels:
+    train = [r for r in rows if r["section"] == "train"]
+    if not train:
+        print("\n(peak needs the train section: run with --only train,peak)")
+        return
+    print("\n## Achieved throughput vs the machine (float32)")
+    print("| what | GFLOP/s | share of matmul |")
+    print("|---|---|---|")
+    for r in train:
         # a training step costs ~3 forward passes (forward, grad-input, grad-weight); 1 MAC = 2 FLOP
-        flops = 6 * count_macs(preset_config("S", 1, 3, k, 3), (args.size3d,) * 3)
-        achieved = flops / med(steps[k], "wall") / 1e9
-        rows.append(dict(section="peak", k=k, matmul_gflops=peak, step_gflops=achieved))
-        print(f"| MedNeXt-S k{k} training step (6 x conv MACs / median step time) | {achieved:.1f} "
-              f"({100 * achieved / peak:.1f}% of matmul) |")
+        flops = 6 * count_macs(preset_config("S", 1, 3, r["k"], r["dims"]), (r["size"],) * r["dims"])
+        for who in ("ours", "monai"):
+            achieved = flops / r[f"{who}_s"] / 1e9
+            r[f"{who}_gflops"] = achieved
+            print(f"| MedNeXt-S k{r['k']} {'x'.join([str(r['size'])] * r['dims'])} training step, "
+                  f"{'ours' if who == 'ours' else 'MONAI'} (6 x conv MACs / median step) | {achieved:.1f} "
+                  f"| {100 * achieved / r['matmul_gflops']:.1f}% |")
+    peak = statistics.median(r["matmul_gflops"] for r in train)
+    print(f"| float32 matmul 4096x4096 (torch/MKL), median between the steps | {peak:.0f} | 100% |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,8 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats per pair (after a warm-up)")
-    p.add_argument("--infer-repeats", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=420.0,
+    p.add_argument("--infer-repeats", type=int, default=2)
+    p.add_argument("--budget-s", type=float, default=300.0,
                    help="stop repeating a pair after this many seconds (at least 3 repeats are kept)")
     p.add_argument("--size3d", type=int, default=64)
     p.add_argument("--size2d", type=int, default=256)
@@ -349,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for section in chosen:
         {"train": bench_train, "ckpt": bench_ckpt, "infer": bench_infer, "peak": bench_peak}[section](args, rows)
+        if args.json:  # after every section, so an interrupted run keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
     print(f"\n(total {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f} at the end)")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
     return 0
 
 
