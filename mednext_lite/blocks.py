@@ -36,8 +36,8 @@ class _Pointwise:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-        if x.is_contiguous(memory_format=layout):
+        # channels innermost (a channels-last tensor, or a strided view of one)
+        if x.stride(1) == 1 and x.shape[1] > 1:
             return F.linear(x.movedim(1, -1), self.weight.flatten(1), self.bias).movedim(-1, 1)
         return super().forward(x)
 
@@ -234,11 +234,18 @@ class MedNeXtDownBlock(MedNeXtBlock):
     def __init__(self, in_channels: int, out_channels: int | None = None, *, residual: bool = True, **kwargs) -> None:
         out_channels = 2 * in_channels if out_channels is None else out_channels
         super().__init__(in_channels, out_channels, residual=False, **kwargs)
-        self.res_conv = conv_op(self.spatial_dims)(in_channels, out_channels, 1, stride=2) if residual else None
+        # A stride-2 1x1 conv is a 1x1 conv of every second voxel, so the residual path slices first
+        # and then runs a pointwise conv (same weight shape and name as the reference's strided
+        # conv). Why: it skips 3/4 (2D) or 7/8 (3D) of the work, and PyTorch 2.13's CPU backward of a
+        # strided 1x1 conv on channels-last tensors crashes the process for some shapes (e.g. 8->16
+        # channels at 48x48, batch 2).
+        self.res_conv = pointwise_conv(self.spatial_dims, in_channels, out_channels) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
-        return y if self.res_conv is None else y + self.res_conv(x)
+        if self.res_conv is None:
+            return y
+        return y + self.res_conv(x[(...,) + (slice(None, None, 2),) * self.spatial_dims])
 
 
 class MedNeXtUpBlock(MedNeXtBlock):

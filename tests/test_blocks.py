@@ -29,7 +29,9 @@ def test_down_and_up_blocks_shapes_and_residual_paths(spatial_dims):
     down = MedNeXtDownBlock(8, spatial_dims=spatial_dims, kernel_size=3)
     y = down(x)
     assert y.shape == (1, 16, *([5] * spatial_dims))
-    torch.testing.assert_close(y, down.branch(x) + down.res_conv(x))
+    conv = F.conv2d if spatial_dims == 2 else F.conv3d
+    strided = conv(x, down.res_conv.weight, down.res_conv.bias, stride=2)  # the reference's residual path
+    torch.testing.assert_close(y, down.branch(x) + strided)
     up = MedNeXtUpBlock(16, spatial_dims=spatial_dims, kernel_size=3)
     z = up(y)
     assert z.shape == (1, 8, *([10] * spatial_dims))

@@ -172,3 +172,23 @@ def test_channels_last_gives_same_outputs_and_gradients(spatial_dims):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     for a, p in zip(ref_grads, model.parameters()):
         torch.testing.assert_close(p.grad, a, rtol=1e-3, atol=1e-5)
+
+
+def test_channels_last_training_step_does_not_crash_the_process():
+    # PyTorch 2.13's CPU backward of a strided 1x1 conv on channels-last tensors segfaults for this
+    # shape; the down block's residual path must avoid that kernel. Run in a child so a crash fails
+    # this test instead of killing the test session.
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from mednext_lite import MedNeXt, MedNeXtConfig\n"
+        "m = MedNeXt(MedNeXtConfig(in_channels=1, num_classes=3, base_width=8, block_counts=1, spatial_dims=2))\n"
+        "m.set_memory_format('channels_last')\n"
+        "for _ in range(3):\n"
+        "    m(torch.randn(2, 1, 48, 48)).sum().backward()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
