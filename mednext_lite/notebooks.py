@@ -265,7 +265,7 @@ class Lesson:
     def show(self, fig: Any, name: str) -> Path:
         """Save ``fig`` as ``output_dir/name.png`` and display it inline; returns the path."""
         path = self.out / f"{name}.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=90, bbox_inches="tight")  # keep axis labels that sit past the canvas
         try:
             from IPython.display import Image, display
 

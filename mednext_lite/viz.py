@@ -141,7 +141,7 @@ def figure_png(fig: Figure, dpi: int = 90) -> Any:
     from IPython.display import Image
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     return Image(data=buffer.getvalue(), format="png")
 
 
