@@ -204,7 +204,10 @@ def check_equal(a: Worker, b: Worker) -> float:
         ya, yb = torch.load(pa), torch.load(pb)
     diff = float((ya - yb).abs().max())
     scale = float(yb.abs().max())
-    if not diff <= 1e-4 * max(scale, 1.0):
+    # 5e-4 of the logits' scale: PyTorch's channels-last CPU GroupNorm kernel is less exact than its
+    # channels-first one (~1e-4 vs ~6e-7 error per layer against float64, measured), which leaves
+    # up to ~2.4e-4 of the scale at the 2D output; a wrong weight mapping would differ by O(scale).
+    if not diff <= 5e-4 * max(scale, 1.0):
         raise SystemExit(f"outputs differ by {diff:.3g} (scale {scale:.3g}): the comparison would be meaningless")
     return diff
 
@@ -214,7 +217,7 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
     print("| input | k | ours s (median) | MONAI s (median) | speed-up wall | speed-up CPU time "
           "| ours peak MiB | MONAI peak MiB | n | spread ours/MONAI | max abs diff |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for dims, size in ((3, args.size3d), (2, args.size2d)):
+    for dims, size in [(d, args.size3d if d == 3 else args.size2d) for d in args.dims]:
         for k in args.kernels:
             spec = dict(variant="S", dims=dims, k=k, size=size, classes=3, threads=args.threads)
             ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
@@ -331,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size2d", type=int, default=256)
     p.add_argument("--infer-size", type=int, default=128)
     p.add_argument("--kernels", type=int, nargs="+", default=[3, 5])
+    p.add_argument("--dims", type=int, nargs="+", default=[3, 2], choices=(2, 3), help="spatial dims for train")
     p.add_argument("--infer-kernels", type=int, nargs="+", default=[3])
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     p.add_argument("--json", type=Path, help="also write the rows here")
