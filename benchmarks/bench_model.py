@@ -219,21 +219,21 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for dims, size in [(d, args.size3d if d == 3 else args.size2d) for d in args.dims]:
         for k in args.kernels:
-            spec = dict(variant="S", dims=dims, k=k, size=size, classes=3, threads=args.threads)
+            spec = {"variant": "S", "dims": dims, "k": k, "size": size, "classes": 3, "threads": args.threads}
             ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
             try:
                 diff = check_equal(ours, theirs)
                 matmul: list[float] = []
                 ro, rm = interleave(ours, theirs, "step", args.repeats, args.budget_s,
-                                    between=lambda: matmul.append(matmul_gflops()))
+                                    between=lambda log=matmul: log.append(matmul_gflops()))
                 mo, mm = ours.ask("mem"), theirs.ask("mem")
             finally:
                 ours.close(), theirs.close()
-            row = dict(section="train", dims=dims, size=size, k=k, n=len(ro),
-                       ours_s=med(ro, "wall"), monai_s=med(rm, "wall"),
-                       ours_cpu_s=med(ro, "cpu"), monai_cpu_s=med(rm, "cpu"),
-                       ours_peak=mo["step_peak"], monai_peak=mm["step_peak"], max_abs_diff=diff,
-                       ours_rss=mo["peak_rss"], monai_rss=mm["peak_rss"], matmul_gflops=statistics.median(matmul))
+            row = {"section": "train", "dims": dims, "size": size, "k": k, "n": len(ro),
+                       "ours_s": med(ro, "wall"), "monai_s": med(rm, "wall"),
+                       "ours_cpu_s": med(ro, "cpu"), "monai_cpu_s": med(rm, "cpu"),
+                       "ours_peak": mo["step_peak"], "monai_peak": mm["step_peak"], "max_abs_diff": diff,
+                       "ours_rss": mo["peak_rss"], "monai_rss": mm["peak_rss"], "matmul_gflops": statistics.median(matmul)}
             row["speedup"] = row["monai_s"] / row["ours_s"]
             row["speedup_cpu"] = row["monai_cpu_s"] / row["ours_cpu_s"]
             rows.append(row)
@@ -248,7 +248,7 @@ def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
     print(f"\n## Gradient checkpointing, M preset, k3, 1x1x{size}^3, batch 1")
     print("| checkpointing | step s (median) | peak step MiB | n |")
     print("|---|---|---|---|")
-    spec = dict(variant="M", dims=3, k=3, size=size, classes=3, impl="ours", threads=args.threads)
+    spec = {"variant": "M", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads}
     off, on = Worker(dict(spec, ckpt=False)), Worker(dict(spec, ckpt=True))
     try:
         r_off, r_on = interleave(off, on, "step", args.repeats, args.budget_s)
@@ -257,8 +257,8 @@ def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
         off.close(), on.close()
     for name, r, m in (("off", r_off, m_off), ("on", r_on, m_on)):
         print(f"| {name} | {med(r, 'wall'):.2f} | {mib(m['step_peak'])} | {len(r)} |")
-    row = dict(section="ckpt", size=size, n=len(r_off), off_s=med(r_off, "wall"), on_s=med(r_on, "wall"),
-               off_peak=m_off["step_peak"], on_peak=m_on["step_peak"])
+    row = {"section": "ckpt", "size": size, "n": len(r_off), "off_s": med(r_off, "wall"), "on_s": med(r_on, "wall"),
+               "off_peak": m_off["step_peak"], "on_peak": m_on["step_peak"]}
     row["memory_ratio"] = row["on_peak"] / row["off_peak"]
     row["time_ratio"] = row["on_s"] / row["off_s"]
     rows.append(row)
@@ -271,7 +271,7 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
     print("| k | ours volumes/min | MONAI volumes/min | speed-up | n |")
     print("|---|---|---|---|---|")
     for k in args.infer_kernels:
-        spec = dict(variant="S", dims=3, k=k, size=args.size3d, classes=3, infer_size=n, threads=args.threads)
+        spec = {"variant": "S", "dims": 3, "k": k, "size": args.size3d, "classes": 3, "infer_size": n, "threads": args.threads}
         ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
         try:
             check_equal(ours, theirs)
@@ -279,7 +279,7 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
             ro, rm = interleave(ours, theirs, "infer", args.infer_repeats, args.budget_s, warmup=False)
         finally:
             ours.close(), theirs.close()
-        row = dict(section="infer", k=k, n=len(ro), ours_vpm=60 / med(ro, "wall"), monai_vpm=60 / med(rm, "wall"))
+        row = {"section": "infer", "k": k, "n": len(ro), "ours_vpm": 60 / med(ro, "wall"), "monai_vpm": 60 / med(rm, "wall")}
         row["speedup"] = row["ours_vpm"] / row["monai_vpm"]
         rows.append(row)
         print(f"| {k} | {row['ours_vpm']:.2f} | {row['monai_vpm']:.2f} | **{row['speedup']:.2f}x** | {len(ro)} |")

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = f"{baseline / ms:.2f}x" if baseline else "n/a"
                 what = f"MedNeXt-{variant}" + ("" if variant == "S" else " (MONAI's B differs: not identical maths)")
                 print(f"| {what} | {k} | {label}{note} | {ms:.1f} | {ratio} | {peak:.2f} |", flush=True)
-                rows.append(dict(variant=variant, k=k, label=label, ms=ms, peak_gib=peak, speedup=baseline / ms if baseline else None))
+                rows.append({"variant": variant, "k": k, "label": label, "ms": ms, "peak_gib": peak, "speedup": baseline / ms if baseline else None})
                 del model, net, opt
     if args.train_json:
         if args.train_json.exists():

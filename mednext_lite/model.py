@@ -18,7 +18,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import NORMS, Head, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, pointwise_conv
+from .blocks import (
+    NORMS,
+    Head,
+    MedNeXtBlock,
+    MedNeXtDownBlock,
+    MedNeXtUpBlock,
+    pointwise_conv,
+)
 from .perf import MEMORY_FORMATS, resolve_memory_format
 
 LEVELS = 4
@@ -139,7 +146,7 @@ class MedNeXt(nn.Module):
         config = (config or MedNeXtConfig()).replace(**kwargs) if kwargs else (config or MedNeXtConfig())
         self.config = config
         c, r, b = config, config.expansion_ratios, config.block_counts
-        common = dict(spatial_dims=c.spatial_dims, norm=c.norm, grn=c.grn)
+        common = {"spatial_dims": c.spatial_dims, "norm": c.norm, "grn": c.grn}
 
         def stage(level: int, s: int, k: int) -> nn.Sequential:
             return nn.Sequential(*(

@@ -24,8 +24,8 @@ from mednext_lite.perf import (
 
 
 def tiny(spatial_dims: int, **kw) -> MedNeXtConfig:
-    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=1, expansion_ratios=2,
-                spatial_dims=spatial_dims, enc_kernel_size=5, dec_kernel_size=3)
+    base = {"in_channels": 2, "num_classes": 3, "base_width": 4, "block_counts": 1, "expansion_ratios": 2,
+                "spatial_dims": spatial_dims, "enc_kernel_size": 5, "dec_kernel_size": 3}
     base.update(kw)
     return MedNeXtConfig(**base)
 
