@@ -33,11 +33,19 @@ class _Pointwise:
     ``F.linear`` on the channels-last view keeps the layout and measured 1.2-1.5x faster forward +
     backward than the conv (benchmarks/bench_model.py, 2-core EPYC). Weight shape, parameter names,
     hooks and ``isinstance(m, nn.ConvNd)`` are those of the conv, so nothing else notices.
+
+    A strided 1x1 conv is a 1x1 conv of every ``stride``-th voxel: on channels-last tensors it
+    slices first, which skips 3/4 (2D) or 7/8 (3D) of the work and sidesteps PyTorch 2.13's CPU
+    backward of strided 1x1 convs on channels-last tensors, which crashes the process for some
+    shapes (e.g. 8 -> 16 channels at 48x48, batch 2). Channels-first inputs run the ordinary
+    convolution, bit for bit the reference's kernel.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels innermost (a channels-last tensor, or a strided view of one)
-        if x.stride(1) == 1 and x.shape[1] > 1:
+        if x.stride(1) == 1 and x.shape[1] > 1:  # channels innermost: channels-last
+            step = self.stride[0]
+            if step > 1:
+                x = x[(...,) + (slice(None, None, step),) * (x.ndim - 2)]
             return F.linear(x.movedim(1, -1), self.weight.flatten(1), self.bias).movedim(-1, 1)
         return super().forward(x)
 
@@ -50,11 +58,11 @@ class PointwiseConv3d(_Pointwise, nn.Conv3d):
     """3D 1x1 convolution; see :class:`_Pointwise`."""
 
 
-def pointwise_conv(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """A 1x1 (stride 1) convolution for ``spatial_dims`` 2 or 3, fast in both memory layouts."""
+def pointwise_conv(spatial_dims: int, in_channels: int, out_channels: int, stride: int = 1) -> nn.Module:
+    """A 1x1 convolution for ``spatial_dims`` 2 or 3, fast in both memory layouts."""
     conv_op(spatial_dims)  # validates spatial_dims
     cls = PointwiseConv2d if spatial_dims == 2 else PointwiseConv3d
-    return cls(in_channels, out_channels, kernel_size=1)
+    return cls(in_channels, out_channels, kernel_size=1, stride=stride)
 
 
 class _DepthwiseGrad(torch.autograd.Function):
@@ -234,18 +242,11 @@ class MedNeXtDownBlock(MedNeXtBlock):
     def __init__(self, in_channels: int, out_channels: int | None = None, *, residual: bool = True, **kwargs) -> None:
         out_channels = 2 * in_channels if out_channels is None else out_channels
         super().__init__(in_channels, out_channels, residual=False, **kwargs)
-        # A stride-2 1x1 conv is a 1x1 conv of every second voxel, so the residual path slices first
-        # and then runs a pointwise conv (same weight shape and name as the reference's strided
-        # conv). Why: it skips 3/4 (2D) or 7/8 (3D) of the work, and PyTorch 2.13's CPU backward of a
-        # strided 1x1 conv on channels-last tensors crashes the process for some shapes (e.g. 8->16
-        # channels at 48x48, batch 2).
-        self.res_conv = pointwise_conv(self.spatial_dims, in_channels, out_channels) if residual else None
+        self.res_conv = pointwise_conv(self.spatial_dims, in_channels, out_channels, stride=2) if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
-        if self.res_conv is None:
-            return y
-        return y + self.res_conv(x[(...,) + (slice(None, None, 2),) * self.spatial_dims])
+        return y if self.res_conv is None else y + self.res_conv(x)
 
 
 class MedNeXtUpBlock(MedNeXtBlock):
