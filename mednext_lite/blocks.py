@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .perf import channels_last_format
+
 NORMS = ("group", "layer")
 
 
@@ -105,8 +107,7 @@ class _Depthwise:
     """A stride-1 depthwise convolution that uses :class:`_DepthwiseGrad` on channels-last CPU tensors."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
-        if x.device.type == "cpu" and x.is_contiguous(memory_format=layout):
+        if x.device.type == "cpu" and x.is_contiguous(memory_format=channels_last_format(x.ndim - 2)):
             return _DepthwiseGrad.apply(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
 

@@ -97,7 +97,8 @@ def _add_train(sub: Any) -> None:
     m.add_argument("--no-deep-supervision", action="store_true", help="train the full-resolution head only")
     m.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
                    help="recompute activations in backward (auto: on for M and L, as in the paper)")
-    m.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    m.add_argument("--channels-last", action="store_true",
+                   help="force channels-last activations (default: the fastest layout for the device)")
     m.add_argument("--upkern-from", default=None, help="initialise from a small-kernel checkpoint with UpKern")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="epochs (paper 1000; quickstart 6)")
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None) or getattr(args, "func", None)
+    handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2

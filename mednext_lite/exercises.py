@@ -315,7 +315,8 @@ def check_dice(fn: Callable[[np.ndarray, np.ndarray], float]) -> Feedback:
     return _ok(name, "Dice = 2|A and B| / (|A| + |B|), and 1 for two empty masks.")
 
 
-#: Exercise 6b reads this table: validation Dice per class of three runs on a two-structure task.
+#: Exercise 6b reads this table: an illustrative Dice table (made-up numbers shaped like real runs
+#: on a two-structure task) for practising how to read one.
 DICE_TABLE: dict[str, dict[str, float]] = {
     "MedNeXt-S k3": {"background": 0.995, "head": 0.88, "tail": 0.61},
     "MedNeXt-S k5": {"background": 0.996, "head": 0.87, "tail": 0.70},

@@ -220,7 +220,8 @@ def infer_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> MedNeXtCon
 
 
 def _check_against(sd: dict[str, torch.Tensor], config: MedNeXtConfig, layout: str) -> dict[str, torch.Tensor]:
-    expected = MedNeXt(config).state_dict()
+    with torch.device("meta"):  # shapes only: no memory for e.g. MedNeXt-L's 62M weights
+        expected = MedNeXt(config).state_dict()
     missing = sorted(set(expected) - set(sd))
     extra = sorted(set(sd) - set(expected))
     wrong = [k for k in expected if k in sd and sd[k].shape != expected[k].shape]

@@ -129,7 +129,7 @@ def run_notebook(
     # The kernel inherits this process's environment: force static figures and a headless backend.
     env_changes = {"MEDNEXT_LITE_HEADLESS": "1", "MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"}
     # One intra-op thread unless the caller chose otherwise: on a shared 2-core CI runner, OpenMP
-    # threads that wait on each other made small CPU training steps 3-10x slower than one thread.
+    # threads would wait on each other's busy core.
     env_changes["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     saved = {k: os.environ.get(k) for k in env_changes}
     os.environ.update(env_changes)

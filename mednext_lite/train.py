@@ -402,10 +402,7 @@ class Trainer:
 
             report = upkern(self.model, cfg.upkern_from)
             self._log(f"UpKern from {cfg.upkern_from}: {report}")
-        self.model.to(self.device)
-        if cfg.channels_last:
-            fmt = torch.channels_last_3d if cfg.spatial_dims == 3 else torch.channels_last
-            self.model.to(memory_format=fmt)
+        self.model.to(self.device).set_memory_format("channels_last" if cfg.channels_last else "auto")
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -518,8 +515,6 @@ class Trainer:
         x = torch.as_tensor(x).to(self.device, non_blocking=True)
         if self.cfg.spatial_dims == 2 and x.ndim == 5:
             x = x[..., 0]
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d if x.ndim == 5 else torch.channels_last)
         return x
 
     def _any_rank(self, flag: bool) -> bool:
@@ -551,26 +546,28 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            bad = not torch.isfinite(loss).item()
-            # With fp16 an inf gradient norm is routine (the scaler skips that step); otherwise it is divergence.
-            bad = bad or (not self.scaler.is_enabled() and not torch.isfinite(grad_norm).item())
-            if self._any_rank(bad):
+            # One host sync per step: the loss value and the finiteness check travel together. With fp16
+            # an inf gradient norm is routine (the scaler skips that step); otherwise it is divergence.
+            watched = [loss.detach().float()] + ([] if self.scaler.is_enabled() else [grad_norm.float()])
+            values = torch.stack(watched).tolist()
+            loss_value, finite = values[0], all(map(math.isfinite, values))
+            if self._any_rank(not finite):
                 raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {self.epoch + 1}, step {step + 1} (global step "
+                    f"loss became {loss_value} at epoch {self.epoch + 1}, step {step + 1} (global step "
                     f"{self.global_step + 1}); the step was not applied and the last good checkpoint "
                     f"{self.last_path} (epoch {self.epoch}) is kept. Lower --lr, check the data for NaN/inf, "
                     "or resume with --resume")
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.global_step += 1
-            total += loss.item()
+            total += loss_value
             count += 1
             if self.is_main:
                 rate = count / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{total / count:.4f}", lr=f"{lr:.2e}", its=f"{rate:.2f}")
                 if self.on_step_end is not None:
                     self.on_step_end({"epoch": self.epoch, "step": step, "global_step": self.global_step,
-                                      "loss": loss.item(), "lr": lr, "model": self.model})
+                                      "loss": loss_value, "lr": lr, "model": self.model})
         bar.close()
         mean = torch.tensor([total, float(count)], dtype=torch.float64)
         if self.distributed:

@@ -98,7 +98,8 @@ def upkern(target: nn.Module, source: nn.Module | dict | str | Path, *, strict: 
     src = _source_state(source)
     report = UpKernReport()
     new_state: dict[str, Any] = {}
-    for name, tgt in target.state_dict().items():
+    target_state = target.state_dict()
+    for name, tgt in target_state.items():
         if name not in src:
             report.refused.append((name, "missing from the source"))
             continue
@@ -112,7 +113,7 @@ def upkern(target: nn.Module, source: nn.Module | dict | str | Path, *, strict: 
         else:
             report.refused.append((name, f"source shape {list(s.shape)} vs target {list(tgt.shape)}: "
                                          "not a kernel-size difference (width, depth or class count differ)"))
-    extra = sorted(set(src) - set(target.state_dict()))
+    extra = sorted(set(src) - set(target_state))
     for name in extra:
         report.refused.append((name, "in the source but not in the target"))
     if strict and report.refused:

@@ -239,6 +239,7 @@ class SliceViewer:
         self._output = None
         self._syncing = False
         self._live = True
+        self._limits: dict[tuple, tuple[float, float]] = {}
         self.update(index=index, window=self.window, alpha=self.alpha, mode=self.mode)
 
     # -- state --------------------------------------------------------------------------------
@@ -258,8 +259,15 @@ class SliceViewer:
 
     @property
     def limits(self) -> tuple[float, float]:
-        """Current display limits (vmin, vmax) of the image."""
-        return window_limits(self.image, self.window, is_ct=self.is_ct)
+        """Current display limits (vmin, vmax) of the image.
+
+        Memoised per (channel, window): percentile windows scan the whole volume, which would
+        otherwise happen on every slider move.
+        """
+        key = (self.channel, tuple(self.window) if not isinstance(self.window, str) else self.window)
+        if key not in self._limits:
+            self._limits[key] = window_limits(self.image, self.window, is_ct=self.is_ct)
+        return self._limits[key]
 
     @property
     def window_names(self) -> list[str]:

@@ -126,6 +126,11 @@ def test_datasets_and_loader(tasks, tmp_path, cache):
         other = get_transforms(info, mode="train", patch_size=16, spacing=2.0)
         make_dataset(info.training, other, cache="disk", cache_dir=tmp_path / "cache")[0]
         assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
+        # Validation over a case training already cached gets its own file, with its metadata.
+        val = make_dataset(info.training, get_transforms(info, mode="val", patch_size=16), cache="disk",
+                           cache_dir=tmp_path / "cache")[0]
+        assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
+        assert hasattr(val["image"], "affine")
 
 
 def test_summary_montage_and_doors(tasks, tmp_path, capsys):

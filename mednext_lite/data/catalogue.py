@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from monai.apps import DecathlonDataset
+
 __all__ = ["DATA_ENV_VAR", "MSD_TASKS", "MSDTask", "get_task", "resolve_data_dir"]
 
 #: Environment variable that overrides the default data root (``./data``).
 DATA_ENV_VAR = "MEDNEXT_DATA"
-
-_BASE_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com"
 
 
 @dataclass(frozen=True)
@@ -58,34 +58,25 @@ class MSDTask:
         return f"{self.name}.tar"
 
 
-def _task(name: str, md5: str, modality: dict[str, str], labels: dict[int, str], dims: str, size_mb: int) -> MSDTask:
-    return MSDTask(name, f"{_BASE_URL}/{name}.tar", md5, modality, labels, dims, size_mb)
+def _task(name: str, modality: dict[str, str], labels: dict[int, str], dims: str, size_mb: int) -> MSDTask:
+    # Addresses and checksums are MONAI's own DecathlonDataset table, so the two never drift apart.
+    return MSDTask(name, DecathlonDataset.resource[name], DecathlonDataset.md5[name], modality, labels, dims, size_mb)
 
 
 MSD_TASKS: dict[str, MSDTask] = {
     t.name: t
     for t in [
-        _task("Task01_BrainTumour", "240a19d752f0d9e9101544901065d872",
-              {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        _task("Task01_BrainTumour", {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
               {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}, "4D", 7100),
-        _task("Task02_Heart", "06ee59366e1e5124267b774dbd654057",
-              {"0": "MRI"}, {0: "background", 1: "left atrium"}, "3D", 440),
-        _task("Task03_Liver", "a90ec6c4aa7f6a3d087205e23d4e6397",
-              {"0": "CT"}, {0: "background", 1: "liver", 2: "cancer"}, "3D", 27000),
-        _task("Task04_Hippocampus", "9d24dba78a72977dbd1d2e110310f31b",
-              {"0": "MRI"}, {0: "background", 1: "Anterior", 2: "Posterior"}, "3D", 27),
-        _task("Task05_Prostate", "35138f08b1efaef89d7424d2bcc928db",
-              {"0": "T2", "1": "ADC"}, {0: "background", 1: "PZ", 2: "TZ"}, "4D", 230),
-        _task("Task06_Lung", "8afd997733c7fc0432f71255ba4e52dc",
-              {"0": "CT"}, {0: "background", 1: "cancer"}, "3D", 8500),
-        _task("Task07_Pancreas", "4f7080cfca169fa8066d17ce6eb061e4",
-              {"0": "CT"}, {0: "background", 1: "pancreas", 2: "cancer"}, "3D", 11500),
-        _task("Task08_HepaticVessel", "641d79e80ec66453921d997fbf12a29c",
-              {"0": "CT"}, {0: "background", 1: "Vessel", 2: "Tumour"}, "3D", 8900),
-        _task("Task09_Spleen", "410d4a301da4e5b2f6f86ec3ddba524e",
-              {"0": "CT"}, {0: "background", 1: "spleen"}, "3D", 1500),
-        _task("Task10_Colon", "bad7a188931dc2f6acf72b08eb6202d0",
-              {"0": "CT"}, {0: "background", 1: "colon cancer primaries"}, "3D", 5800),
+        _task("Task02_Heart", {"0": "MRI"}, {0: "background", 1: "left atrium"}, "3D", 440),
+        _task("Task03_Liver", {"0": "CT"}, {0: "background", 1: "liver", 2: "cancer"}, "3D", 27000),
+        _task("Task04_Hippocampus", {"0": "MRI"}, {0: "background", 1: "Anterior", 2: "Posterior"}, "3D", 27),
+        _task("Task05_Prostate", {"0": "T2", "1": "ADC"}, {0: "background", 1: "PZ", 2: "TZ"}, "4D", 230),
+        _task("Task06_Lung", {"0": "CT"}, {0: "background", 1: "cancer"}, "3D", 8500),
+        _task("Task07_Pancreas", {"0": "CT"}, {0: "background", 1: "pancreas", 2: "cancer"}, "3D", 11500),
+        _task("Task08_HepaticVessel", {"0": "CT"}, {0: "background", 1: "Vessel", 2: "Tumour"}, "3D", 8900),
+        _task("Task09_Spleen", {"0": "CT"}, {0: "background", 1: "spleen"}, "3D", 1500),
+        _task("Task10_Colon", {"0": "CT"}, {0: "background", 1: "colon cancer primaries"}, "3D", 5800),
     ]
 }
 

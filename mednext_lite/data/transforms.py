@@ -154,7 +154,8 @@ def get_transforms(
     # A stable text key of the deterministic prefix: PersistentDataset names its cache files by
     # it, and pickling the transform objects is not stable once they have been run.
     compose.cache_signature = json.dumps({
-        "version": 1, "is_ct": info.is_ct, "keys": keys, "orientation": orientation,
+        # track_meta differs between training and validation (EnsureTyped is in the cached prefix)
+        "version": 2, "track_meta": mode != "train", "is_ct": info.is_ct, "keys": keys, "orientation": orientation,
         "spacing": None if spacing is None else list(_as_triplet(spacing, "spacing")),
         "crop_foreground": crop_foreground, "ct_window": list(ct_window or DEFAULT_CT_WINDOW) if info.is_ct else None,
         "patch": list(patch), "channels": info.in_channels,

@@ -91,7 +91,7 @@ print(f"\nall {len(table)} rows equal the reference; deep supervision adds {DEEP
 # %% [markdown]
 # **Against the paper's table.** Parameters agree within 0.1 M (the paper's one decimal is not always
 # rounded to nearest: S k5 has 5.98 M, printed 5.9). The paper's "GFlops" are
-# 2-5 units above our convolution MACs because it also counts element-wise layers (norms,
+# 1-2 % above our convolution MACs because it also counts element-wise layers (norms,
 # activations, residual adds); conv MACs are the clean, reproducible number.
 
 # %%
@@ -157,8 +157,8 @@ if len(grid_kernel) > 1:
 #
 # ## 3. What each axis buys: a small training ablation
 # The base network and one step along each axis are trained with the same budget on the synthetic
-# task, whose two structures have the same intensity and differ only in shape: context (a larger
-# field) should help with the second one. Short CPU runs are noisy; on a GPU use the defaults or more.
+# task, whose two structures have the same intensity and differ only in shape, so a larger field may
+# help with the second one. Short CPU runs are noisy and decide nothing; on a GPU use the defaults or more.
 
 # %%
 ablation = {}

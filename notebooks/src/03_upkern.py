@@ -116,7 +116,12 @@ lesson.show(fig, "kernels")
 # The k5 kernel's centre and its corners sit at the same relative positions as in k3: interpolation
 # with align_corners=False keeps the centre value's neighbourhood.
 one = upkern_tensor(small_sd[name][:1], 5)
+small = small_sd[name][:1]
 assert one.shape[2:] == (5,) * spatial_dims
+centre, first, last = (2,) * spatial_dims, (0,) * spatial_dims, (4,) * spatial_dims
+assert torch.allclose(one[(0, 0) + centre], small[(0, 0) + (1,) * spatial_dims])
+assert torch.allclose(one[(0, 0) + first], small[(0, 0) + (0,) * spatial_dims])
+assert torch.allclose(one[(0, 0) + last], small[(0, 0) + (2,) * spatial_dims])
 
 # %% [markdown]
 # ## 4. Same budget: k5 from scratch vs k5 from UpKern
