@@ -31,15 +31,16 @@ def channels_last_format(spatial_dims: int) -> torch.memory_format:
 def preferred_memory_format(device: str | torch.device, spatial_dims: int) -> torch.memory_format:
     """The layout MedNeXt trains fastest in on ``device``.
 
-    3D on CPU: channels-last (a depthwise conv's forward + backward on 32 channels at 64^3 measured
-    4x (k3) and 17x (k5) faster than channels-first on 2 EPYC cores; whole S step 1.8x / 3.5x).
-    2D on CPU: PyTorch's default layout, because there the channels-last step measured 0.87x
-    (slower) at 256^2. Other devices: the default layout, until benchmarks/gpu_check.sh has
-    measured channels-last there.
+    CPU, 3D and 2D: channels-last. 3D: a depthwise conv's forward + backward on 32 channels at 64^3
+    measured 4x (k3) and 17x (k5) faster than channels-first on 2 EPYC cores; whole S step 1.8x / 3.5x.
+    2D (256^2): 1.05x (k3) and 1.14x (k5) over our own channels-first step, once the norm, the 1x1
+    convs and the depthwise weight gradient got channels-last versions of their own (see
+    :mod:`mednext_lite.blocks`; before those, channels-last measured 0.87x in 2D). Other devices: the
+    default layout, until benchmarks/gpu_check.sh has measured channels-last there.
     """
     device = torch.device(device)
     fast = channels_last_format(spatial_dims)  # validates spatial_dims
-    if device.type == "cpu" and spatial_dims == 3:
+    if device.type == "cpu":
         return fast
     return torch.contiguous_format
 

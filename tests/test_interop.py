@@ -110,12 +110,15 @@ def test_monai_small_preset_converts_to_identical_outputs(spatial_dims, kernel_s
     with torch.no_grad():
         a = theirs(x)  # both return [full, 1/2, 1/4, 1/8, 1/16] in training mode
         exact = ours.set_memory_format("contiguous")(x)  # the same kernels MONAI runs: identical maths
-        fast = ours.set_memory_format("auto")(x)  # our default layout (channels-last for 3D on CPU)
+        fast = ours.set_memory_format("auto")(x)  # our default layout on CPU: channels-last
+        truth = theirs.double()(x.double())  # the same maths in float64
     assert len(a) == len(exact) == len(fast) == 5
-    for t, e, f in zip(a, exact, fast):
+    for t, e, f, t64 in zip(a, exact, fast, truth):
         assert (t - e).abs().max() < 1e-5
-        # PyTorch's channels-last GroupNorm rounds differently (~1e-4 on logits of scale ~10)
-        assert (t - f).abs().max() < 2e-4
+        # the fast path sums in another order, so it rounds differently (measured up to 1.8e-5), but it
+        # is as close to float64 as MONAI itself; PyTorch's channels-last GroupNorm alone left ~1e-4
+        assert (t - f).abs().max() < 5e-5
+        assert (f.double() - t64).abs().max() < 2 * (t.double() - t64).abs().max() + 1e-6
 
 
 @pytest.mark.parametrize("variant", ["B", "M", "L"])

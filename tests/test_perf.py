@@ -9,9 +9,13 @@ from mednext_lite.blocks import (
     DepthwiseConv2d,
     DepthwiseConv3d,
     MedNeXtBlock,
+    PerChannelGroupNorm,
     PointwiseConv2d,
     PointwiseConv3d,
+    _depthwise_weight_grad_2d,
     _DepthwiseGrad,
+    _PerChannelNorm,
+    make_norm,
     pointwise_conv,
 )
 from mednext_lite.perf import (
@@ -96,7 +100,7 @@ def test_pointwise_conv_is_a_conv_in_every_layout(spatial_dims, cls, base):
     assert len(seen) == 2  # forward hooks (MAC counters, teaching probes) still fire
 
 
-@pytest.mark.parametrize("spatial_dims,k", [(2, 3), (2, 5), (3, 3)])
+@pytest.mark.parametrize("spatial_dims,k", [(2, 3), (2, 5), (2, 7), (3, 3)])
 def test_depthwise_backward_passes_gradcheck(spatial_dims, k):
     torch.manual_seed(0)
     conv = (DepthwiseConv2d if spatial_dims == 2 else DepthwiseConv3d)(2, 2, k, padding=k // 2, groups=2).double()
@@ -126,6 +130,48 @@ def test_depthwise_conv_matches_pytorch_in_channels_last(spatial_dims, k):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
 
 
+@pytest.mark.parametrize("k", [1, 3, 5, 7, 9])
+def test_2d_depthwise_weight_gradient_in_strips_equals_the_direct_one(k):
+    # k x 3 strips cover k x k exactly for k = 3, 9 and overhang by 1-2 columns for 5 and 7
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 11, 13, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(2, 3, 11, 13, dtype=torch.double).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 1, k, k, dtype=torch.double, requires_grad=True)
+    direct = torch.autograd.grad((nn.functional.conv2d(x, w, padding=k // 2, groups=3) * grad).sum(), w)[0]
+    strips = _depthwise_weight_grad_2d(grad, x, k)
+    assert strips.shape == (3, 1, k, k)
+    torch.testing.assert_close(strips, direct, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_per_channel_norm_is_groupnorm_in_channels_last(spatial_dims):
+    torch.manual_seed(0)
+    norm = make_norm("group", 6)
+    assert type(norm) is PerChannelGroupNorm and isinstance(norm, nn.GroupNorm)
+    assert list(norm.state_dict()) == ["weight", "bias"] and norm.num_groups == 6
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-1, 1)
+    plain = nn.GroupNorm(6, 6)
+    plain.load_state_dict(norm.state_dict())
+    fmt = channels_last_format(spatial_dims)
+    # an offset mean, where a one-pass variance would lose digits
+    x = (torch.randn(2, 6, *([9] * spatial_dims)) * 3 + 50).contiguous(memory_format=fmt).requires_grad_(True)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y, y_ref = norm(x), plain(x_ref)
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    noise = torch.randn_like(y_ref)
+    grads = torch.autograd.grad((y * noise).sum(), (x, norm.weight, norm.bias))
+    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
+    # finite differences, in float64, through the hand-written backward
+    x64 = torch.randn(2, 3, *([4] * spatial_dims), dtype=torch.double).contiguous(memory_format=fmt)
+    w64, b64 = torch.rand(3, dtype=torch.double) + 0.5, torch.randn(3, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda a, w, b: _PerChannelNorm.apply(a, w, b, 1e-5),
+                                    (x64.requires_grad_(True), w64.requires_grad_(True), b64.requires_grad_(True)))
+
+
 def test_blocks_use_the_fast_depthwise_conv_only_where_it_applies():
     assert type(MedNeXtBlock(4, spatial_dims=3).conv1) is DepthwiseConv3d
     assert type(MedNeXtBlock(4, spatial_dims=2).conv1) is DepthwiseConv2d
@@ -135,7 +181,7 @@ def test_blocks_use_the_fast_depthwise_conv_only_where_it_applies():
 
 def test_memory_format_choices_and_errors():
     assert preferred_memory_format("cpu", 3) == torch.channels_last_3d
-    assert preferred_memory_format("cpu", 2) == torch.contiguous_format  # measured slower in 2D
+    assert preferred_memory_format("cpu", 2) == torch.channels_last
     assert preferred_memory_format(torch.device("cuda"), 3) == torch.contiguous_format
     assert resolve_memory_format("contiguous", "cpu", 3) == torch.contiguous_format
     assert resolve_memory_format("channels_last", "cuda", 2) == torch.channels_last
@@ -161,3 +207,17 @@ def test_to_channels_last_keeps_values_and_switches_the_model():
 def test_fastest_settings_for_cpu():
     s = fastest_settings("cpu")
     assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_cpu_autocast_trains_through_the_fast_paths(spatial_dims):
+    # the hand-written backwards must step aside under autocast (bf16 grads against fp32 weights)
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims)).set_memory_format("channels_last")
+    x = torch.randn(1, 2, *([32] * spatial_dims))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0

@@ -1,0 +1,97 @@
+"""Where a training step's time goes: 1x1 convolutions, the other convolutions, and everything else.
+
+One MedNeXt-S training step (forward + backward + AdamW, batch 1, float32, CPU) of ours and of
+MONAI's network at identical maths, under ``torch.profiler``; each op's own time is put in one of
+three bins, and the median of ``--repeats`` profiled steps is printed per bin. The 1x1 convolutions
+are matrix products (GEMMs) that both networks hand to the same oneDNN/MKL kernels, so the table
+shows how much of a step any rewrite of the rest could win back:
+
+    python benchmarks/profile_step.py --dims 2 --size 256      # the 2D step of the benchmark
+    python benchmarks/profile_step.py --dims 3 --size 64 --kernels 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+CONV_OPS = {"aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
+            "aten::slow_conv_transpose2d", "aten::slow_conv_transpose3d", "aten::thnn_conv2d", "aten::mm",
+            "aten::addmm"}
+BINS = ("1x1 conv (GEMM)", "other conv", "everything else")
+
+
+def build(impl: str, dims: int, k: int) -> torch.nn.Module:
+    from monai.networks.nets.mednext import create_mednext as monai_mednext
+
+    from mednext_lite import MedNeXt
+    from mednext_lite.interop import convert_monai_state_dict
+
+    torch.manual_seed(0)
+    theirs = monai_mednext("S", dims, 1, 3, k, deep_supervision=False)
+    if impl == "monai":
+        return theirs
+    sd, config = convert_monai_state_dict(theirs.state_dict())
+    ours = MedNeXt(config)
+    ours.load_state_dict(sd)
+    return ours
+
+
+def bin_of(event) -> str:
+    if event.key not in CONV_OPS:
+        return BINS[2]
+    if event.key in ("aten::mm", "aten::addmm"):  # our channels-last 1x1 convs run as F.linear
+        return BINS[0]
+    weight = next((s for s in event.input_shapes if len(s) in (4, 5) and s[2:] and all(d == 1 for d in s[2:])), None)
+    return BINS[0] if weight is not None and weight[0] > 1 and weight[1] > 1 else BINS[1]
+
+
+def profile(model: torch.nn.Module, dims: int, size: int, repeats: int) -> dict[str, float]:
+    x = torch.randn(1, 1, *(size,) * dims)
+    y = torch.randint(0, 3, (1, *(size,) * dims))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    runs = []
+    for _ in range(repeats):
+        with torch.profiler.profile(record_shapes=True) as prof:
+            step()
+        bins = dict.fromkeys(BINS, 0.0)
+        for event in prof.key_averages(group_by_input_shape=True):
+            bins[bin_of(event)] += event.self_cpu_time_total / 1e6
+        runs.append(bins)
+    return {b: statistics.median(r[b] for r in runs) for b in BINS}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dims", type=int, default=2, choices=(2, 3))
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--kernels", type=int, nargs="+", default=[3, 5])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    print(f"# one S training step, {'x'.join([str(args.size)] * args.dims)}, batch 1, float32, "
+          f"{torch.get_num_threads()} threads; seconds of op time (profiled, median of {args.repeats})")
+    print("| k | network | " + " | ".join(BINS) + " | total |")
+    print("|---|---|" + "---|" * (len(BINS) + 1))
+    for k in args.kernels:
+        for impl in ("monai", "ours"):
+            bins = profile(build(impl, args.dims, k), args.dims, args.size, args.repeats)
+            total = sum(bins.values())
+            cells = " | ".join(f"{bins[b]:.3f} ({100 * bins[b] / total:.0f}%)" for b in BINS)
+            print(f"| {k} | {'MONAI' if impl == 'monai' else 'ours'} | {cells} | {total:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

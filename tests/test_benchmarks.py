@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end at tiny sizes (nothing is timed: only their tables are checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_cpu_benchmark_checks_outputs_then_prints_ratios_and_the_ceiling(tmp_path):
+    out = run("bench_model.py", "--only", "train,peak", "--repeats", "1", "--dims", "2", "--size2d", "32",
+              "--kernels", "3", "--threads", "1", "--json", str(tmp_path / "rows.json"))
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    (train,) = [r for r in rows if r["section"] == "train"]
+    assert train["max_abs_diff"] < 1e-4  # the two networks were checked equal before timing
+    assert train["speedup"] == train["monai_s"] / train["ours_s"] > 0
+    assert train["floor_s"] < train["monai_s"] and train["ceiling"] > 1  # no step beats the matmul floor
+    assert "| 32x32 | 3 |" in out and "highest possible speed-up" in out
+
+
+def test_gpu_script_dry_runs_on_cpu(tmp_path):
+    # the GPU table's code paths (fp32, bf16 autocast, channels-last) on the CPU, at the smallest size
+    out = run("gpu_bench.py", "--device", "cpu", "--size", "32", "--variants", "S", "--kernels", "3",
+              "--repeats", "1", "--warmup", "1", "--compile", "", "--json", str(tmp_path / "gpu.json"))
+    rows = json.loads((tmp_path / "gpu.json").read_text())
+    assert [r["label"] for r in rows] == ["MONAI fp32", "ours fp32", "ours bf16", "ours bf16 + channels-last"]
+    assert all(r["ms"] > 0 for r in rows)
+    assert "max abs diff to MONAI" in out
