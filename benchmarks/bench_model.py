@@ -8,7 +8,13 @@ Sections (``--only`` picks some, comma-separated):
 * ``ckpt``: M preset, our step with and without gradient checkpointing.
 * ``infer``: sliding-window inference of one 128^3 volume (MONAI's ``sliding_window_inference``,
   64^3 windows, overlap 0.25), volumes per minute, both networks in the same call.
-* ``peak``: our training step's achieved GFLOP/s next to a 4096^2 float32 matmul in the same run.
+* ``peak``: our training step's achieved GFLOP/s next to a 4096^2 float32 matmul in the same run,
+  and the ceiling that matmul rate puts on any speed-up of the same maths.
+* ``alloc``: our 3D k3 step with glibc's default allocator settings against the same step after
+  ``mednext_lite.perf.keep_freed_memory()`` (what the trainer does on CPU).
+
+``--keep-freed-memory`` applies that switch to every worker, ours and MONAI's alike, so that the
+train/ckpt/infer ratios compare the networks, not the allocator settings.
 
 How it measures. Each network lives in its own worker process; the parent tells the workers to step
 in turn (A B, B A, A B, ...) so that load from other users of the machine hits both alike, and reports
@@ -37,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-SECTIONS = ("train", "peak", "ckpt", "infer")
+SECTIONS = ("train", "peak", "ckpt", "infer", "alloc")
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,6 +94,10 @@ def _build(spec: dict[str, Any]) -> torch.nn.Module:
 def worker(spec: dict[str, Any]) -> None:
     """Answer ``check PATH`` / ``step`` / ``infer`` / ``mem`` / ``quit`` lines on stdin with JSON lines."""
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    if spec.get("keep_freed_memory"):
+        from mednext_lite.perf import keep_freed_memory
+
+        keep_freed_memory()
     model = _build(spec)
     size = (spec["size"],) * spec["dims"]
     gen = torch.Generator().manual_seed(1)
@@ -218,7 +228,8 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for dims, size in [(d, args.size3d if d == 3 else args.size2d) for d in args.dims]:
         for k in args.kernels:
-            spec = {"variant": "S", "dims": dims, "k": k, "size": size, "classes": 3, "threads": args.threads}
+            spec = {"variant": "S", "dims": dims, "k": k, "size": size, "classes": 3, "threads": args.threads,
+                    "keep_freed_memory": args.keep_freed_memory}
             ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
             try:
                 diff = check_equal(ours, theirs)
@@ -247,7 +258,8 @@ def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
     print(f"\n## Gradient checkpointing, M preset, k3, 1x1x{size}^3, batch 1")
     print("| checkpointing | step s (median) | peak step MiB | n |")
     print("|---|---|---|---|")
-    spec = {"variant": "M", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads}
+    spec = {"variant": "M", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads,
+            "keep_freed_memory": args.keep_freed_memory}
     off, on = Worker(dict(spec, ckpt=False)), Worker(dict(spec, ckpt=True))
     try:
         r_off, r_on = interleave(off, on, "step", args.repeats, args.budget_s)
@@ -270,7 +282,8 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
     print("| k | ours volumes/min | MONAI volumes/min | speed-up | n |")
     print("|---|---|---|---|---|")
     for k in args.infer_kernels:
-        spec = {"variant": "S", "dims": 3, "k": k, "size": args.size3d, "classes": 3, "infer_size": n, "threads": args.threads}
+        spec = {"variant": "S", "dims": 3, "k": k, "size": args.size3d, "classes": 3, "infer_size": n,
+                "threads": args.threads, "keep_freed_memory": args.keep_freed_memory}
         ours, theirs = Worker(dict(spec, impl="ours")), Worker(dict(spec, impl="monai"))
         try:
             check_equal(ours, theirs)
@@ -282,6 +295,27 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
         row["speedup"] = row["ours_vpm"] / row["monai_vpm"]
         rows.append(row)
         print(f"| {k} | {row['ours_vpm']:.2f} | {row['monai_vpm']:.2f} | **{row['speedup']:.2f}x** | {len(ro)} |")
+
+
+def bench_alloc(args: argparse.Namespace, rows: list[dict]) -> None:
+    size = args.size3d
+    print(f"\n## Allocator, S preset, k3, 1x1x{size}^3, batch 1, ours: glibc defaults vs keep_freed_memory()")
+    print("| allocator | step s (median) | peak step MiB | n |")
+    print("|---|---|---|---|")
+    spec = {"variant": "S", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads}
+    plain, kept = Worker(dict(spec, keep_freed_memory=False)), Worker(dict(spec, keep_freed_memory=True))
+    try:
+        r_plain, r_kept = interleave(plain, kept, "step", args.repeats, args.budget_s)
+        m_plain, m_kept = plain.ask("mem"), kept.ask("mem")
+    finally:
+        plain.close(), kept.close()
+    for name, r, m in (("glibc defaults", r_plain, m_plain), ("keep_freed_memory()", r_kept, m_kept)):
+        print(f"| {name} | {med(r, 'wall'):.2f} | {mib(m['step_peak'])} | {len(r)} |")
+    row = {"section": "alloc", "size": size, "n": len(r_plain), "default_s": med(r_plain, "wall"),
+           "kept_s": med(r_kept, "wall")}
+    row["speedup"] = row["default_s"] / row["kept_s"]
+    rows.append(row)
+    print(f"\nkeep_freed_memory(): step x{row['speedup']:.2f} faster")
 
 
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -348,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", type=int, nargs="+", default=[3, 2], choices=(2, 3), help="spatial dims for train")
     p.add_argument("--infer-kernels", type=int, nargs="+", default=[3])
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="apply mednext_lite.perf.keep_freed_memory() in every worker, ours and MONAI's")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     if args.worker:
@@ -364,12 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, StopIteration):
         pass
     print(f"# mednext_lite benchmark: {cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at start, "
+          f"{torch.get_num_threads()} threads, allocator: "
+          f"{'keep_freed_memory() in every worker' if args.keep_freed_memory else 'glibc defaults'}, "
+          f"load average {os.getloadavg()[0]:.1f} at start, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     rows: list[dict] = []
     started = time.perf_counter()
     for section in chosen:
-        {"train": bench_train, "ckpt": bench_ckpt, "infer": bench_infer, "peak": bench_peak}[section](args, rows)
+        {"train": bench_train, "ckpt": bench_ckpt, "infer": bench_infer, "peak": bench_peak,
+         "alloc": bench_alloc}[section](args, rows)
         if args.json:  # after every section, so an interrupted run keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
     print(f"\n(total {time.perf_counter() - started:.0f} s, load average {os.getloadavg()[0]:.1f} at the end)")

@@ -99,6 +99,9 @@ def _add_train(sub: Any) -> None:
                    help="recompute activations in backward (auto: on for M and L, as in the paper)")
     m.add_argument("--channels-last", action="store_true",
                    help="force channels-last activations (default: the fastest layout for the device)")
+    m.add_argument("--release-freed-memory", action="store_true",
+                   help="on CPU, hand freed tensor memory back to the OS (slower; by default it is kept for "
+                        "reuse unless gradient checkpointing is on)")
     m.add_argument("--upkern-from", default=None, help="initialise from a small-kernel checkpoint with UpKern")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=None, help="epochs (paper 1000; quickstart 6)")
@@ -145,6 +148,7 @@ def _train_config(args: argparse.Namespace):
         "deep_supervision": not args.no_deep_supervision, "fold": args.fold, "n_folds": args.n_folds,
         "spacing": tuple(args.spacing) if args.spacing else None, "cache": args.cache, "num_workers": args.num_workers,
         "augment": not args.no_augment, "channels_last": args.channels_last, "upkern_from": args.upkern_from,
+        "keep_freed_memory": not args.release_freed_memory,
         "lr": args.lr, "weight_decay": args.weight_decay, "eps": args.eps, "grad_clip": args.grad_clip, "amp": args.amp,
         "seed": args.seed, "val_overlap": args.overlap, "val_blend": args.blend, "max_val_cases": args.max_val_cases,
         "hd95": args.hd95, "resume": args.resume, "device": args.device, "progress": not args.no_progress,

@@ -43,6 +43,7 @@ from .inference import _summarise, evaluate_model, window_size
 from .interop import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
+from .perf import keep_freed_memory
 from .variants import get_preset, preset_config
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
         batch_size: patches per process per iteration (the global batch is this x processes).
         num_samples: patches cut from each loaded case (batch_size must be a multiple of it).
         amp: ``"auto"`` (bf16 if supported, else fp16 on CUDA; off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
+        keep_freed_memory: on CPU and without gradient checkpointing, let the process reuse freed
+            tensor memory (:func:`mednext_lite.perf.keep_freed_memory`: 3D steps up to 2x faster;
+            left off with checkpointing, whose memory saving it shrank from x0.43 to x0.69).
         grad_checkpointing: ``None`` follows the preset (on for M and L).
         val_every: validate every this many epochs (and always after the last).
         max_val_cases: validate on the first N validation cases only (``None`` = all).
@@ -114,6 +118,7 @@ class TrainConfig:
     grad_clip: float = 12.0
     amp: str = "auto"
     channels_last: bool = False
+    keep_freed_memory: bool = True
     grad_checkpointing: bool | None = None
     seed: int = 0
     fold: int = 0
@@ -403,6 +408,8 @@ class Trainer:
             report = upkern(self.model, cfg.upkern_from)
             self._log(f"UpKern from {cfg.upkern_from}: {report}")
         self.model.to(self.device).set_memory_format("channels_last" if cfg.channels_last else "auto")
+        if self.device.type == "cpu" and cfg.keep_freed_memory and not self.model.grad_checkpointing:
+            keep_freed_memory()  # not with checkpointing: the kept heap ate most of its memory saving
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None

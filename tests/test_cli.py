@@ -38,7 +38,7 @@ def test_every_subcommand_is_wired(capsys):
     train = help_text(capsys, "train")
     for flag in ("--data-dir", "--task", "--variant", "--kernel", "--spatial-dims", "--epochs", "--iters", "--batch",
                  "--patch", "--device", "--resume", "--upkern-from", "--amp", "--channels-last", "--grad-checkpointing",
-                 "--overlap", "--blend", "--hd95", "--lr", "--fold", "--quickstart", "--run-dir"):
+                 "--overlap", "--blend", "--hd95", "--lr", "--fold", "--quickstart", "--run-dir", "--release-freed-memory"):
         assert flag in train, flag
     for flag in ("--checkpoint", "--input", "--output", "--overlap", "--blend", "--patch"):
         assert flag in help_text(capsys, "predict"), flag
@@ -67,6 +67,7 @@ def test_train_predict_evaluate_end_to_end(tmp_path, capsys):
     assert main([*common, "--epochs", "1"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["best"] == str(run / "best.pt")
+    assert json.loads((run / "config.json").read_text())["keep_freed_memory"] is True  # the CPU default
     assert main([*common, "--epochs", "2", "--resume"]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 

@@ -1,5 +1,8 @@
 """The speed paths change where numbers sit, never which numbers come out (nothing here is timed)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from mednext_lite.blocks import (
 from mednext_lite.perf import (
     channels_last_format,
     fastest_settings,
+    keep_freed_memory,
     preferred_memory_format,
     resolve_memory_format,
     to_channels_last,
@@ -206,7 +210,39 @@ def test_to_channels_last_keeps_values_and_switches_the_model():
 
 def test_fastest_settings_for_cpu():
     s = fastest_settings("cpu")
-    assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False}
+    assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False,
+                 "keep_freed_memory": True}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc/self/stat are Linux's")
+def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
+    # Process-wide, so in a child. Three 40 MiB tensors alive at once and freed, five times over, like
+    # a step's large 3D feature maps: glibc's default mmaps and unmaps each one (a page fault per
+    # 4 KiB page, every time); once the switch is on, the heap keeps them and they fault no more.
+    code = (
+        "import torch\n"
+        "from mednext_lite.perf import keep_freed_memory\n"
+        "def faults():\n"
+        "    return int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[7])\n"
+        "def churn():\n"
+        "    before = faults()\n"
+        "    for _ in range(5):\n"
+        "        maps = [torch.ones(40 * 2**20, dtype=torch.uint8) for _ in range(3)]\n"
+        "        del maps\n"
+        "    return faults() - before\n"
+        "default = churn()\n"
+        "assert keep_freed_memory() is True\n"
+        "churn()\n"  # the heap grows once
+        "kept = churn()\n"
+        "assert default > 5 * 3 * 40 * 256 * 0.9 and kept * 100 < default, (default, kept)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_keep_freed_memory_rejects_a_threshold_mallopt_cannot_take():
+    with pytest.raises(ValueError, match=r"threshold_bytes=4294967296 must be in 1\.\.2147483647"):
+        keep_freed_memory(2**32)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
