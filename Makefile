@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_model.py
 
 lint: $(STAMP)
-	$(PY) -m pip install --quiet ruff
+	$(PY) -m pip install --quiet "ruff==0.17.6"
 	$(VENV)/bin/ruff check mednext_lite tests benchmarks data_scripts
 
 clean:

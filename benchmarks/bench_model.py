@@ -253,23 +253,32 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
                   f"| {diff:.1e} |", flush=True)
 
 
+def step_pair(args: argparse.Namespace, spec: dict[str, Any], variants: dict[str, dict[str, Any]],
+              column: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Two of our workers that differ only by ``variants`` (label -> spec changes), stepped in turn;
+    prints their rows and returns ({label: median step s}, {label: peak step bytes})."""
+    print(f"| {column} | step s (median) | peak step MiB | n |")
+    print("|---|---|---|---|")
+    (la, va), (lb, vb) = variants.items()
+    a, b = Worker(dict(spec, **va)), Worker(dict(spec, **vb))
+    try:
+        ra, rb = interleave(a, b, "step", args.repeats, args.budget_s)
+        ma, mb = a.ask("mem"), b.ask("mem")
+    finally:
+        a.close(), b.close()
+    for name, r, m in ((la, ra, ma), (lb, rb, mb)):
+        print(f"| {name} | {med(r, 'wall'):.2f} | {mib(m['step_peak'])} | {len(r)} |")
+    return {la: med(ra, "wall"), lb: med(rb, "wall")}, {la: ma["step_peak"], lb: mb["step_peak"]}
+
+
 def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
     size = args.size3d
     print(f"\n## Gradient checkpointing, M preset, k3, 1x1x{size}^3, batch 1")
-    print("| checkpointing | step s (median) | peak step MiB | n |")
-    print("|---|---|---|---|")
     spec = {"variant": "M", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads,
             "keep_freed_memory": args.keep_freed_memory}
-    off, on = Worker(dict(spec, ckpt=False)), Worker(dict(spec, ckpt=True))
-    try:
-        r_off, r_on = interleave(off, on, "step", args.repeats, args.budget_s)
-        m_off, m_on = off.ask("mem"), on.ask("mem")
-    finally:
-        off.close(), on.close()
-    for name, r, m in (("off", r_off, m_off), ("on", r_on, m_on)):
-        print(f"| {name} | {med(r, 'wall'):.2f} | {mib(m['step_peak'])} | {len(r)} |")
-    row = {"section": "ckpt", "size": size, "n": len(r_off), "off_s": med(r_off, "wall"), "on_s": med(r_on, "wall"),
-               "off_peak": m_off["step_peak"], "on_peak": m_on["step_peak"]}
+    secs, peak = step_pair(args, spec, {"off": {"ckpt": False}, "on": {"ckpt": True}}, "checkpointing")
+    row = {"section": "ckpt", "size": size, "off_s": secs["off"], "on_s": secs["on"],
+           "off_peak": peak["off"], "on_peak": peak["on"]}
     row["memory_ratio"] = row["on_peak"] / row["off_peak"]
     row["time_ratio"] = row["on_s"] / row["off_s"]
     rows.append(row)
@@ -300,19 +309,11 @@ def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
 def bench_alloc(args: argparse.Namespace, rows: list[dict]) -> None:
     size = args.size3d
     print(f"\n## Allocator, S preset, k3, 1x1x{size}^3, batch 1, ours: glibc defaults vs keep_freed_memory()")
-    print("| allocator | step s (median) | peak step MiB | n |")
-    print("|---|---|---|---|")
     spec = {"variant": "S", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads}
-    plain, kept = Worker(dict(spec, keep_freed_memory=False)), Worker(dict(spec, keep_freed_memory=True))
-    try:
-        r_plain, r_kept = interleave(plain, kept, "step", args.repeats, args.budget_s)
-        m_plain, m_kept = plain.ask("mem"), kept.ask("mem")
-    finally:
-        plain.close(), kept.close()
-    for name, r, m in (("glibc defaults", r_plain, m_plain), ("keep_freed_memory()", r_kept, m_kept)):
-        print(f"| {name} | {med(r, 'wall'):.2f} | {mib(m['step_peak'])} | {len(r)} |")
-    row = {"section": "alloc", "size": size, "n": len(r_plain), "default_s": med(r_plain, "wall"),
-           "kept_s": med(r_kept, "wall")}
+    secs, peak = step_pair(args, spec, {"glibc defaults": {"keep_freed_memory": False},
+                                        "keep_freed_memory()": {"keep_freed_memory": True}}, "allocator")
+    row = {"section": "alloc", "size": size, "default_s": secs["glibc defaults"], "kept_s": secs["keep_freed_memory()"],
+           "default_peak": peak["glibc defaults"], "kept_peak": peak["keep_freed_memory()"]}
     row["speedup"] = row["default_s"] / row["kept_s"]
     rows.append(row)
     print(f"\nkeep_freed_memory(): step x{row['speedup']:.2f} faster")

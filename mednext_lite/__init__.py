@@ -6,7 +6,14 @@ Quick start::
     model = create_mednext("B", in_channels=1, num_classes=3, kernel_size=3, spatial_dims=3)
 """
 
-from .blocks import GRN, ChannelsFirstLayerNorm, Head, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock
+from .blocks import (
+    GRN,
+    ChannelsFirstLayerNorm,
+    Head,
+    MedNeXtBlock,
+    MedNeXtDownBlock,
+    MedNeXtUpBlock,
+)
 from .model import MedNeXt, MedNeXtConfig
 from .variants import (
     PRESETS,
@@ -22,7 +29,20 @@ from .variants import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "GRN", "ChannelsFirstLayerNorm", "Head", "MedNeXtBlock", "MedNeXtDownBlock", "MedNeXtUpBlock",
-    "MedNeXt", "MedNeXtConfig", "PRESETS", "compound_scale", "create_mednext", "get_preset",
-    "preset_config", "scale_depth", "scale_kernel", "scale_width",
+    "GRN",
+    "PRESETS",
+    "ChannelsFirstLayerNorm",
+    "Head",
+    "MedNeXt",
+    "MedNeXtBlock",
+    "MedNeXtConfig",
+    "MedNeXtDownBlock",
+    "MedNeXtUpBlock",
+    "compound_scale",
+    "create_mednext",
+    "get_preset",
+    "preset_config",
+    "scale_depth",
+    "scale_kernel",
+    "scale_width",
 ]

@@ -83,7 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {path} is corrupt (not a readable PyTorch file): delete it and use the previous one"
         ) from None
-    except Exception as err:  # any other failure to unpickle means a damaged file, whatever the exception
+    except Exception as err:  # noqa: BLE001 -- any other failure to unpickle means a damaged file, whatever the exception
         raise CheckpointError(
             f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {str(err)[:200]}): "
             "it was probably cut off while being written; use the previous checkpoint (e.g. last.pt / best.pt)"
@@ -162,7 +162,7 @@ def _monai_rules() -> list[tuple[re.Pattern, Callable[[re.Match], str | None]]]:
 
 
 def _is_head_weight(key: str) -> bool:
-    return key.endswith(".weight") and (key.startswith("head.") or key.startswith("ds_heads."))
+    return key.endswith(".weight") and key.startswith(("head.", "ds_heads."))
 
 
 def _rename(sd: Mapping[str, torch.Tensor], rules, layout: str) -> dict[str, torch.Tensor]:
@@ -320,7 +320,15 @@ def load_foreign(sd_or_path: str | Path | Mapping[str, Any], layout: str = "auto
 
 
 __all__ = [
-    "CheckpointError", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "state_dict_of",
-    "model_from_checkpoint", "infer_config", "convert_reference_state_dict", "to_reference_state_dict",
-    "convert_monai_state_dict", "load_foreign",
+    "CheckpointError",
+    "atomic_torch_save",
+    "convert_monai_state_dict",
+    "convert_reference_state_dict",
+    "infer_config",
+    "load_checkpoint",
+    "load_foreign",
+    "model_from_checkpoint",
+    "save_checkpoint",
+    "state_dict_of",
+    "to_reference_state_dict",
 ]

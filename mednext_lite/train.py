@@ -40,12 +40,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .inference import _summarise, evaluate_model, window_size
-from .interop import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from .interop import (
+    CheckpointError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
 from .perf import keep_freed_memory
 from .variants import get_preset, preset_config
-
 
 __all__ = [
     "CheckpointError",

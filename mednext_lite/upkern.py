@@ -111,8 +111,8 @@ def upkern(target: nn.Module, source: nn.Module | dict | str | Path, *, strict: 
             new_state[name] = upkern_tensor(s, tuple(tgt.shape[2:])).to(dtype=tgt.dtype)
             report.resized.append((name, tuple(s.shape[2:]), tuple(tgt.shape[2:])))
         else:
-            report.refused.append((name, f"source shape {list(s.shape)} vs target {list(tgt.shape)}: "
-                                         "not a kernel-size difference (width, depth or class count differ)"))
+            report.refused.append((name, (f"source shape {list(s.shape)} vs target {list(tgt.shape)}: "
+                                          "not a kernel-size difference (width, depth or class count differ)")))
     extra = sorted(set(src) - set(target_state))
     for name in extra:
         report.refused.append((name, "in the source but not in the target"))

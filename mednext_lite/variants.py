@@ -135,6 +135,14 @@ def describe(config: MedNeXtConfig) -> str:
 
 
 __all__ = [
-    "PRESETS", "Preset", "get_preset", "preset_config", "create_mednext",
-    "scale_depth", "scale_width", "scale_kernel", "compound_scale", "describe",
+    "PRESETS",
+    "Preset",
+    "compound_scale",
+    "create_mednext",
+    "describe",
+    "get_preset",
+    "preset_config",
+    "scale_depth",
+    "scale_kernel",
+    "scale_width",
 ]

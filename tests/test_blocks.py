@@ -4,7 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mednext_lite.blocks import ChannelsFirstLayerNorm, GRN, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock, conv_op
+from mednext_lite.blocks import (
+    GRN,
+    ChannelsFirstLayerNorm,
+    MedNeXtBlock,
+    MedNeXtDownBlock,
+    MedNeXtUpBlock,
+    conv_op,
+)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -20,8 +20,8 @@ from mednext_lite.interop import (
 
 
 def small(**kw) -> MedNeXtConfig:
-    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=(1, 2, 1, 1, 1, 1, 1, 2, 1),
-                expansion_ratios=(2, 3, 4, 4, 4, 4, 4, 3, 2), deep_supervision=True)
+    base = {"in_channels": 2, "num_classes": 3, "base_width": 4, "block_counts": (1, 2, 1, 1, 1, 1, 1, 2, 1),
+                "expansion_ratios": (2, 3, 4, 4, 4, 4, 4, 3, 2), "deep_supervision": True}
     base.update(kw)
     return MedNeXtConfig(**base)
 

@@ -39,7 +39,7 @@ def test_create_mednext_matches_preset_and_switches_checkpointing():
 
 
 def tiny(**kw) -> MedNeXtConfig:
-    base = dict(in_channels=2, num_classes=3, base_width=4, block_counts=1, expansion_ratios=2, spatial_dims=3)
+    base = {"in_channels": 2, "num_classes": 3, "base_width": 4, "block_counts": 1, "expansion_ratios": 2, "spatial_dims": 3}
     base.update(kw)
     return MedNeXtConfig(**base)
 
@@ -190,5 +190,5 @@ def test_channels_last_training_step_does_not_crash_the_process():
         "    m(torch.randn(2, 1, 48, 48)).sum().backward()\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

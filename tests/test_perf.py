@@ -236,7 +236,7 @@ def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
         "kept = churn()\n"
         "assert default > 5 * 3 * 40 * 256 * 0.9 and kept * 100 < default, (default, kept)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 
 from mednext_lite import MedNeXt, MedNeXtConfig
-from mednext_lite.profile import count_macs, format_table, measure_step_memory, preset_table, receptive_field
+from mednext_lite.profile import (
+    count_macs,
+    format_table,
+    measure_step_memory,
+    preset_table,
+    receptive_field,
+)
 from mednext_lite.variants import preset_config
 
 GMAC_3D = {("S", 3): 127.3, ("S", 5): 165.6, ("B", 3): 166.7, ("B", 5): 205.0,

@@ -10,8 +10,8 @@ from mednext_lite.upkern import UpKernError, upkern, upkern_tensor
 
 
 def cfg(k: int, spatial_dims: int = 3, **kw) -> MedNeXtConfig:
-    base = dict(in_channels=1, num_classes=3, base_width=4, block_counts=1, expansion_ratios=2,
-                enc_kernel_size=k, dec_kernel_size=k, spatial_dims=spatial_dims, deep_supervision=True)
+    base = {"in_channels": 1, "num_classes": 3, "base_width": 4, "block_counts": 1, "expansion_ratios": 2,
+                "enc_kernel_size": k, "dec_kernel_size": k, "spatial_dims": spatial_dims, "deep_supervision": True}
     base.update(kw)
     return MedNeXtConfig(**base)
 
