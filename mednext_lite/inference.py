@@ -28,6 +28,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data.dataset import voxel_spacing
 from .model import MedNeXt
 
 __all__ = [
@@ -162,12 +163,7 @@ def hd95_scores(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
 
 def _spacing_of(image: Any, spatial_dims: int = 3) -> list[float] | None:
     affine = getattr(image, "affine", None)
-    if affine is None:
-        return None
-    affine = torch.as_tensor(affine, dtype=torch.float64)
-    if affine.ndim == 3:
-        affine = affine[0]
-    return torch.linalg.norm(affine[:spatial_dims, :spatial_dims], dim=0).tolist()
+    return None if affine is None else voxel_spacing(affine, spatial_dims)
 
 
 @torch.no_grad()
@@ -378,7 +374,7 @@ def evaluate_folder(
         dice_sum += d
         row: dict[str, Any] = {"case": label_path.name, **{f"dice_{n}": v for n, v in zip(names, d.tolist())}}
         if hd95:
-            spacing = np.linalg.norm(ref.affine[:3, :3], axis=0).tolist()
+            spacing = voxel_spacing(ref.affine)
             h = hd95_scores(p, y, num_classes, spacing)[0].double()
             ok = torch.isfinite(h)
             hd_sum += torch.where(ok, h, torch.zeros_like(h))

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mednext_lite.data import (
     DatasetError,
@@ -186,3 +187,17 @@ def test_split_save_load_round_trip(task, tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="bad.json"):
         load_split(tmp_path / "bad.json")
+
+
+def test_voxel_spacing_reads_column_norms_of_any_affine():
+    from mednext_lite.data import voxel_spacing
+
+    # an oblique 0.8 x 1.2 x 2.5 mm grid: rotated 30 degrees about z, the first axis flipped
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([-0.8, 1.2, 2.5])
+    affine[:3, 3] = [10.0, -4.0, 7.0]
+    np.testing.assert_allclose(voxel_spacing(affine), [0.8, 1.2, 2.5], rtol=1e-12)
+    np.testing.assert_allclose(voxel_spacing(torch.as_tensor(affine)[None], spatial_dims=2), [0.8, 1.2])
+    np.testing.assert_allclose(voxel_spacing(np.diag([0.5, 0.7, 1.0])), [0.5, 0.7])  # a 2D (3x3) affine

@@ -14,6 +14,7 @@ from .dataset import (
     read_image,
     save_split,
     validate_task,
+    voxel_spacing,
 )
 from .download import DownloadError, download_task, fetch_archive, safe_extract
 from .synthetic import FLAVOURS, make_synthetic_task, synthesize_case
@@ -49,6 +50,7 @@ __all__ = [
     "synthesize_case",
     "threshold_baseline",
     "validate_task",
+    "voxel_spacing",
 ]
 
 

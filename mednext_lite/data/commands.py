@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
-from .dataset import DatasetError, TaskInfo, load_task, read_image, validate_task
+from .dataset import (
+    DatasetError,
+    TaskInfo,
+    load_task,
+    read_image,
+    validate_task,
+    voxel_spacing,
+)
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
 
@@ -35,7 +42,7 @@ _DATA_DIR_HELP = f"data root (default: ${DATA_ENV_VAR} if set, else ./data)"
 
 
 def _spacing(affine: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(s) for s in np.round(np.linalg.norm(affine[:3, :3], axis=0), 4))
+    return tuple(round(s, 4) for s in voxel_spacing(affine))
 
 
 def _stats(values: Sequence[float]) -> str:

@@ -162,6 +162,20 @@ def _parse(task_dir: Path, meta: dict[str, Any]) -> tuple[TaskInfo | None, list[
     return info, problems
 
 
+def voxel_spacing(affine: Any, spatial_dims: int = 3) -> list[float]:
+    """Voxel edge lengths (mm) along the first ``spatial_dims`` array axes of an image.
+
+    The column norms of the affine's linear part (``nibabel.affines.voxel_sizes``), so oblique and
+    flipped orientations give the true edge lengths. Takes a NumPy or torch affine, 3x3 or 4x4, or a
+    batched ``[1, 4, 4]`` one as MONAI's MetaTensors carry it.
+    """
+    a = affine.detach().cpu().numpy() if hasattr(affine, "detach") else np.asarray(affine)
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim == 3:
+        a = a[0]
+    return [float(v) for v in nib.affines.voxel_sizes(a)[:spatial_dims]]
+
+
 def read_image(path: str | os.PathLike, *, channel_first: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Read a NIfTI file fully and return ``(array, affine)``. A 4D image (modalities last, as
     nibabel reads MSD files) is returned channel-first when ``channel_first``; a 3D image is
@@ -231,8 +245,8 @@ def _check_case(info: TaskInfo, case: dict[str, Path], check_contents: bool) -> 
         problems.append(f"{label_path}: label shape {lshape} does not match image shape {ishape[:3]} of "
                         f"{image_path.name}; resample the label onto the image grid")
     if not np.allclose(img.affine, lbl.affine, atol=_AFFINE_ATOL):
-        i_sp = np.round(np.linalg.norm(img.affine[:3, :3], axis=0), 4).tolist()
-        l_sp = np.round(np.linalg.norm(lbl.affine[:3, :3], axis=0), 4).tolist()
+        i_sp = np.round(voxel_spacing(img.affine), 4).tolist()
+        l_sp = np.round(voxel_spacing(lbl.affine), 4).tolist()
         problems.append(f"{label_path}: label affine differs from image {image_path.name} (spacing {l_sp} vs "
                         f"{i_sp}, origin {np.round(lbl.affine[:3, 3], 3).tolist()} vs "
                         f"{np.round(img.affine[:3, 3], 3).tolist()}); copy the image header into the label "
