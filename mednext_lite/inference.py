@@ -186,28 +186,45 @@ def evaluate_model(
     """
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(1, num_classes)]
     cases: list[dict[str, Any]] = []
-    dice_sum = torch.zeros(num_classes - 1, dtype=torch.float64)
-    hd_sum = torch.zeros(num_classes - 1, dtype=torch.float64)
-    hd_count = torch.zeros(num_classes - 1, dtype=torch.float64)
+    sums = _ScoreSums(num_classes, hd95)
     for item in tqdm(dataset, desc="validate", unit="case", leave=False, disable=not progress):
         image = torch.as_tensor(item["image"])[None]
         label = torch.as_tensor(item["label"])[None]
         pred = predict_volume(model, image, patch_size, **window_kwargs).cpu()
-        d = dice_scores(pred, label.cpu(), num_classes)[0].double()
-        dice_sum += d
-        case: dict[str, Any] = {"dice": d.tolist()}
-        if hd95:
-            h = hd95_scores(pred, label.cpu(), num_classes, _spacing_of(item["image"]))[0].double()
-            ok = torch.isfinite(h)
-            hd_sum += torch.where(ok, h, torch.zeros_like(h))
-            hd_count += ok.double()
-            case["hd95"] = h.tolist()
-        cases.append(case)
-    n = len(cases)
-    result = _summarise(dice_sum, float(n), hd_sum if hd95 else None, hd_count if hd95 else None, names)
+        dice, hd = sums.add(pred, label.cpu(), _spacing_of(item["image"]) if hd95 else None)
+        cases.append({"dice": dice} if hd is None else {"dice": dice, "hd95": hd})
+    result = sums.summary(names)
     result["cases"] = cases
-    result["_sums"] = {"dice": dice_sum, "n": n, "hd": hd_sum, "hd_n": hd_count}
+    result["_sums"] = {"dice": sums.dice, "n": sums.n, "hd": sums.hd, "hd_n": sums.hd_n}
     return result
+
+
+class _ScoreSums:
+    """Running per-class Dice (and HD95) sums over cases. A class missing from a case's prediction
+    or truth has an infinite HD95, which is left out of that class's HD95 mean and counted apart."""
+
+    def __init__(self, num_classes: int, hd95: bool) -> None:
+        self.num_classes, self.hd95, self.n = num_classes, hd95, 0
+        self.dice = torch.zeros(num_classes - 1, dtype=torch.float64)
+        self.hd, self.hd_n = torch.zeros_like(self.dice), torch.zeros_like(self.dice)
+
+    def add(self, pred: torch.Tensor, label: torch.Tensor,
+            spacing: Sequence[float] | None) -> tuple[list[float], list[float] | None]:
+        """Score one case (``[1, 1, *spatial]`` integer maps); returns its Dice and HD95 lists."""
+        d = dice_scores(pred, label, self.num_classes)[0].double()
+        self.dice += d
+        self.n += 1
+        if not self.hd95:
+            return d.tolist(), None
+        h = hd95_scores(pred, label, self.num_classes, spacing)[0].double()
+        ok = torch.isfinite(h)
+        self.hd += torch.where(ok, h, torch.zeros_like(h))
+        self.hd_n += ok.double()
+        return d.tolist(), h.tolist()
+
+    def summary(self, names: Sequence[str]) -> dict[str, Any]:
+        return _summarise(self.dice, float(self.n), self.hd if self.hd95 else None,
+                          self.hd_n if self.hd95 else None, names)
 
 
 def _summarise(dice_sum: torch.Tensor, n: float, hd_sum: torch.Tensor | None, hd_count: torch.Tensor | None,
@@ -356,8 +373,8 @@ def evaluate_folder(
     """
     pred_dir = Path(pred_dir)
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(1, num_classes)]
-    rows, dice_sum = [], torch.zeros(num_classes - 1, dtype=torch.float64)
-    hd_sum, hd_n = torch.zeros_like(dice_sum), torch.zeros_like(dice_sum)
+    rows: list[dict[str, Any]] = []
+    sums = _ScoreSums(num_classes, hd95)
     for label_path in [Path(p) for p in labels]:
         pred_path = _output_path(label_path, pred_dir, suffix)
         if not pred_path.is_file():
@@ -370,18 +387,12 @@ def evaluate_folder(
                              "the prediction was not written in the label's geometry")
         y = torch.as_tensor(np.rint(np.asanyarray(ref.dataobj)).astype(np.int64))[None, None]
         p = torch.as_tensor(np.rint(np.asanyarray(pred_img.dataobj)).astype(np.int64))[None, None]
-        d = dice_scores(p, y, num_classes)[0].double()
-        dice_sum += d
-        row: dict[str, Any] = {"case": label_path.name, **{f"dice_{n}": v for n, v in zip(names, d.tolist())}}
-        if hd95:
-            spacing = voxel_spacing(ref.affine)
-            h = hd95_scores(p, y, num_classes, spacing)[0].double()
-            ok = torch.isfinite(h)
-            hd_sum += torch.where(ok, h, torch.zeros_like(h))
-            hd_n += ok.double()
-            row.update({f"hd95_{n}": v for n, v in zip(names, h.tolist())})
+        dice, hd = sums.add(p, y, voxel_spacing(ref.affine) if hd95 else None)
+        row: dict[str, Any] = {"case": label_path.name, **{f"dice_{n}": v for n, v in zip(names, dice)}}
+        if hd is not None:
+            row.update({f"hd95_{n}": v for n, v in zip(names, hd)})
         rows.append(row)
-    result = _summarise(dice_sum, float(len(rows)), hd_sum if hd95 else None, hd_n if hd95 else None, names)
+    result = sums.summary(names)
     result["cases"] = rows
     if out_json is not None:
         out_json = Path(out_json)
