@@ -163,14 +163,8 @@ def _train_config(args: argparse.Namespace):
     patch = _patch(args.patch, args.spatial_dims)
     if patch is not None:
         kw["patch_size"] = patch
-    if args.quickstart:
-        if overrides:
-            base = {"base_width": 16, "block_counts": 1}
-            base.update(overrides)
-            kw["model_overrides"] = base
-        cfg = TrainConfig.cpu_quickstart(**kw)
-    else:
-        cfg = TrainConfig(**kw, model_overrides=overrides)
+    kw["model_overrides"] = overrides  # the quickstart merges them into its own
+    cfg = TrainConfig.cpu_quickstart(**kw) if args.quickstart else TrainConfig(**kw)
     # Flags are checked (above) before the task is resolved, which may write the synthetic task.
     return cfg.replace(task_dir=str(resolve_task_dir(args.task, args.data_dir)))
 

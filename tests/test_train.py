@@ -105,6 +105,10 @@ def test_config_defaults_are_the_paper_and_errors_name_the_fix(tmp_path):
         TrainConfig(variant="XL")
     q = TrainConfig.cpu_quickstart("x", spatial_dims=2)
     assert q.patch_size == (32, 32) and q.spatial_dims == 2
+    # model overrides join the quickstart's own instead of replacing them
+    assert TrainConfig.cpu_quickstart("x", model_overrides={"grn": True}).model_overrides == {
+        "base_width": 16, "block_counts": 1, "grn": True}
+    assert TrainConfig.cpu_quickstart("x", model_overrides={"base_width": 8}).model_overrides["base_width"] == 8
     assert TrainConfig.from_dict(c.to_dict()) == c
     json.dumps(c.to_dict())
 
