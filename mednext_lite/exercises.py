@@ -136,12 +136,13 @@ def check_block_parameters(fn: Callable[[int, int, int, int], int]) -> Feedback:
     """Exercise 2: ``fn(C, R, k, spatial_dims)`` returns the parameter count of a MedNeXt block."""
     name = "block parameters"
     from .blocks import MedNeXtBlock
+    from .profile import count_parameters
 
     for c, r, k, d in ((8, 2, 3, 3), (32, 4, 5, 3), (16, 3, 7, 2)):
         got, problem = _call(name, fn, c, r, k, d)
         if problem is not None:
             return problem
-        want = sum(p.numel() for p in MedNeXtBlock(c, expansion_ratio=r, kernel_size=k, spatial_dims=d).parameters())
+        want = count_parameters(MedNeXtBlock(c, expansion_ratio=r, kernel_size=k, spatial_dims=d))
         if got == want:
             continue
         weights_only = c * k**d + c * r * c + r * c * c
@@ -207,6 +208,8 @@ def check_upkern(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback:
     """Exercise 4: ``fn(weight, k)`` resizes a conv weight ``[out, in, 3, 3, 3]`` (or 2D) to kernel k
     the way UpKern does: linear interpolation, ``align_corners=False``."""
     name = "upkern"
+    from .upkern import upkern_tensor
+
     torch.manual_seed(0)
     for shape, k in (((4, 1, 3, 3, 3), 5), ((2, 3, 3, 3), 7)):
         w = torch.randn(shape)
@@ -214,7 +217,7 @@ def check_upkern(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback:
         if problem is not None:
             return problem
         mode = "trilinear" if w.ndim == 5 else "bilinear"
-        want = F.interpolate(w, size=(k,) * (w.ndim - 2), mode=mode, align_corners=False)
+        want = upkern_tensor(w, k)  # the package's own UpKern: the answer cannot drift from it
         if not isinstance(got, torch.Tensor) or got.shape != want.shape:
             shape_got = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
             return _hint(name, f"for a {tuple(w.shape)} weight and k={k} expected shape {tuple(want.shape)}, "
