@@ -111,7 +111,8 @@ def fastest_settings(device: str | torch.device) -> dict[str, Any]:
     changes the numbers and the CPU benchmarks measure float32), ``compile`` (whether
     ``torch.compile`` is worth its start-up cost: not measured yet, so ``False``),
     ``cudnn_benchmark`` (let cuDNN pick its fastest algorithm for a fixed patch size),
-    ``keep_freed_memory`` (call :func:`keep_freed_memory` once: on CPU).
+    ``keep_freed_memory`` (call :func:`keep_freed_memory` once: on CPU, unless memory is what
+    you are short of, e.g. with gradient checkpointing).
     """
     device = torch.device(device)
     if device.type == "cuda":

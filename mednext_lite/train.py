@@ -92,7 +92,8 @@ class TrainConfig:
         amp: ``"auto"`` (bf16 if supported, else fp16 on CUDA; off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
         keep_freed_memory: on CPU and without gradient checkpointing, let the process reuse freed
             tensor memory (:func:`mednext_lite.perf.keep_freed_memory`: 3D steps up to 2x faster;
-            left off with checkpointing, whose memory saving it shrank from x0.43 to x0.69).
+            left off with checkpointing, whose memory saving it shrank from x0.43 to x0.69). It is
+            process-wide: once on, it stays on for later runs in the same process.
         grad_checkpointing: ``None`` follows the preset (on for M and L).
         val_every: validate every this many epochs (and always after the last).
         max_val_cases: validate on the first N validation cases only (``None`` = all).
