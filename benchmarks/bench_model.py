@@ -43,32 +43,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mednext_lite.profile import _proc_status_bytes, _reset_peak_rss
+
 SECTIONS = ("train", "peak", "ckpt", "infer", "alloc")
 
 
 # --------------------------------------------------------------------------------------------
 # worker side: one network per process
 # --------------------------------------------------------------------------------------------
-def _proc_status(key: str) -> int:
-    """A ``/proc/self/status`` field in bytes (Linux), or 0 where there is none."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux >= 4.0); False where that is impossible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def _build(spec: dict[str, Any]) -> torch.nn.Module:
     """MONAI's S/M network with seeded weights, or ours carrying exactly those weights."""
     from monai.networks.nets.mednext import create_mednext as monai_mednext
@@ -116,7 +98,7 @@ def worker(spec: dict[str, Any]) -> None:
             model.train()
         elif cmd == "step":
             if not base_rss:
-                base_rss, reset = _proc_status("VmRSS"), _reset_peak_rss()
+                base_rss, reset = _proc_status_bytes("VmRSS"), _reset_peak_rss()
             w0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
@@ -132,7 +114,7 @@ def worker(spec: dict[str, Any]) -> None:
             reply = {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0}
             model.train()
         elif cmd == "mem":
-            peak = _proc_status("VmHWM")
+            peak = _proc_status_bytes("VmHWM")
             reply = {"base_rss": base_rss, "peak_rss": peak, "step_peak": peak - base_rss, "reset": reset}
         elif cmd == "quit":
             return

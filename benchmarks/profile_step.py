@@ -18,27 +18,12 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from bench_model import _build  # the same networks, MONAI's weights copied into ours
 
 CONV_OPS = {"aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
             "aten::slow_conv_transpose2d", "aten::slow_conv_transpose3d", "aten::thnn_conv2d", "aten::mm",
             "aten::addmm"}
 BINS = ("1x1 conv (GEMM)", "other conv", "everything else")
-
-
-def build(impl: str, dims: int, k: int) -> torch.nn.Module:
-    from monai.networks.nets.mednext import create_mednext as monai_mednext
-
-    from mednext_lite import MedNeXt
-    from mednext_lite.interop import convert_monai_state_dict
-
-    torch.manual_seed(0)
-    theirs = monai_mednext("S", dims, 1, 3, k, deep_supervision=False)
-    if impl == "monai":
-        return theirs
-    sd, config = convert_monai_state_dict(theirs.state_dict())
-    ours = MedNeXt(config)
-    ours.load_state_dict(sd)
-    return ours
 
 
 def bin_of(event) -> str:
@@ -86,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|" + "---|" * (len(BINS) + 1))
     for k in args.kernels:
         for impl in ("monai", "ours"):
-            bins = profile(build(impl, args.dims, k), args.dims, args.size, args.repeats)
+            spec = {"impl": impl, "variant": "S", "dims": args.dims, "k": k, "classes": 3}
+            bins = profile(_build(spec), args.dims, args.size, args.repeats)
             total = sum(bins.values())
             cells = " | ".join(f"{bins[b]:.3f} ({100 * bins[b] / total:.0f}%)" for b in BINS)
             print(f"| {k} | {'MONAI' if impl == 'monai' else 'ours'} | {cells} | {total:.3f} |", flush=True)

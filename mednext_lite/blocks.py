@@ -46,7 +46,7 @@ class _Pointwise:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.stride(1) == 1 and x.shape[1] > 1:  # channels innermost: channels-last
             step = self.stride[0]
-            if step == 1 and x.ndim == 4:  # 2D: oneDNN's NHWC 1x1 conv keeps NHWC and beats F.linear 1.1-1.5x
+            if step == 1 and x.ndim == 4:  # 2D: oneDNN's NHWC 1x1 conv keeps NHWC; 0.85-1.44x F.linear's speed
                 return super().forward(x)
             if step > 1:
                 x = x[(...,) + (slice(None, None, step),) * (x.ndim - 2)]
@@ -72,10 +72,10 @@ def pointwise_conv(spatial_dims: int, in_channels: int, out_channels: int, strid
 def _depthwise_weight_grad_2d(grad: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
     """Weight gradient of a stride-1, 'same'-padded k x k depthwise conv on NHWC tensors, in k x 3 strips.
 
-    Why: oneDNN's NHWC depthwise weight gradient is fast for kernels at most 3 wide and 5-15x slower
-    from 4 wide on (k x 3: 2 ms, 3 x 5: 30 ms for 32 channels at 256^2, 2 cores). A k x k kernel's
-    gradient is the gradient of ceil(k/3) k x 3 kernels, each seeing the input shifted by 3 columns;
-    measured 2-3x faster than the k x k call for k = 5 and 7, equal to float rounding.
+    Why: oneDNN's NHWC depthwise weight gradient is fast for kernels at most 3 wide and much slower
+    from 4 wide on. A k x k kernel's gradient is the gradient of ceil(k/3) k x 3 kernels, each seeing
+    the input shifted by 3 columns: 3.0-4.6x faster than the k x k call for k = 5 and 7 (32 channels
+    at 256^2, 2 cores, benchmarks/bench_ops.py), equal to float rounding.
     """
     c, p, width = x.shape[1], k // 2, x.shape[-1]
     if k <= 3:
@@ -194,9 +194,10 @@ class GRN(nn.Module):
 class _PerChannelNorm(torch.autograd.Function):
     """GroupNorm with one group per channel on a channels-last CPU tensor, in a few memory passes.
 
-    Why: PyTorch's channels-last CPU GroupNorm is 2-3x slower than this in 2D (forward + backward,
-    32-128 channels at 64^2-256^2, 2 cores; about equal at 32 channels x 64^3) and ~100x less exact:
-    1e-4 against 1e-6 from a float64 run, which is what the channels-first kernel and this reach. The statistics are two-pass
+    Why: PyTorch's channels-last CPU GroupNorm is 1.6-2.9x slower than this in 2D (forward + backward,
+    32-128 channels at 64^2-256^2, 2 cores; about equal at 32 channels x 64^3) and 26-260x less exact:
+    3e-5 to 3e-4 against 1e-6 from a float64 run, which is what the channels-first kernel and this
+    reach (benchmarks/bench_ops.py). The statistics are two-pass
     (mean, then the mean square of the centred values) and the centred values are kept for backward.
     """
 

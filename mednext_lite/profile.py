@@ -157,12 +157,24 @@ def _step_in_child(queue: Any, config_dict: dict, input_shape: tuple, grad_check
     queue.put({"peak_rss_bytes": _peak_rss_bytes(), "seconds": time.perf_counter() - t0})
 
 
-def _reset_peak_rss() -> None:
-    """Restart this process's resident-set high-water mark (Linux >= 4.0; elsewhere a no-op)."""
+def _reset_peak_rss() -> bool:
+    """Restart this process's resident-set high-water mark (Linux >= 4.0); False where impossible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_bytes(key: str) -> int:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``, ...) in bytes, or 0 where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return 0
 
 
 def _peak_rss_bytes() -> int:
@@ -171,12 +183,9 @@ def _peak_rss_bytes() -> int:
     Not ``ru_maxrss`` on Linux: it survives exec, so a spawned child starts with its parent's peak
     (measured: a 1.8 GB pytest parent masked a 1.0 vs 0.86 GB difference between two children).
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_status_bytes("VmHWM")
+    if peak:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux/BSD KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 

@@ -30,14 +30,7 @@ from mednext_lite.train import (
 TINY = {"base_width": 4, "block_counts": 1, "expansion_ratios": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # One intra-op thread: tiny convolutions gain nothing from two, and on a shared 2-core
-    # machine OpenMP barriers between busy cores slow them down by an order of magnitude.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

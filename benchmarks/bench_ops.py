@@ -1,0 +1,129 @@
+"""Op-level CPU measurements behind the fast-path choices in ``mednext_lite/blocks.py``.
+
+Each row times two or three ways of computing the same thing, alternating them (A B C, C B A, ...)
+and printing medians in milliseconds:
+
+* ``norm``: GroupNorm with one group per channel, forward + backward: PyTorch's kernel on a
+  channels-last tensor, ours (``PerChannelGroupNorm``) on the same tensor, PyTorch's kernel on a
+  channels-first copy; and each one's max |error| of the output against a float64 run.
+* ``wgrad``: the 2D depthwise weight gradient on NHWC tensors, one k x k oneDNN call against
+  ``_depthwise_weight_grad_2d``'s k x 3 strips.
+* ``pointwise``: a 2D 1x1 conv forward + backward on NHWC tensors, oneDNN's conv against ``F.linear``.
+
+    python benchmarks/bench_ops.py                 # about a minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mednext_lite.blocks import PerChannelGroupNorm, _depthwise_weight_grad_2d
+from mednext_lite.perf import channels_last_format
+
+
+def medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each callable, run in alternating order after one warm-up each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for i in range(repeats):
+        for name in order if i % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_norm(repeats: int) -> None:
+    print("\n## GroupNorm, one group per channel, forward + backward (ms); max |output error| vs float64")
+    print("| input | PyTorch NHWC | ours NHWC | PyTorch NCHW | error PyTorch NHWC | error ours | error NCHW |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in ((1, 32, 256, 256), (1, 64, 128, 128), (1, 128, 64, 64), (1, 32, 64, 64, 64)):
+        norm_row(shape, repeats)
+
+
+def _norm_step(norm: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    out = norm(x)
+    out.backward(grad)
+    return out.detach()
+
+
+def norm_row(shape: tuple[int, ...], repeats: int) -> None:
+    torch.manual_seed(0)
+    c, fmt = shape[1], channels_last_format(len(shape) - 2)
+    ours = PerChannelGroupNorm(c)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-1, 1)
+    theirs, truth = torch.nn.GroupNorm(c, c), torch.nn.GroupNorm(c, c).double()
+    theirs.load_state_dict(ours.state_dict())
+    truth.load_state_dict(ours.state_dict())
+    x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=fmt)  # an offset mean, as after a conv
+    grad = torch.randn(shape).contiguous(memory_format=fmt)
+    ways = {"nhwc": (theirs, x, grad), "ours": (ours, x, grad), "nchw": (theirs, x.contiguous(), grad.contiguous())}
+    ms = medians({k: (lambda a=a: _norm_step(*a)) for k, a in ways.items()}, repeats)
+    y64 = truth(x.double()).detach()
+    err = {k: float((_norm_step(*a).double() - y64).abs().max()) for k, a in ways.items()}
+    print(f"| {'x'.join(map(str, shape))} | {ms['nhwc']:.1f} | {ms['ours']:.1f} | {ms['nchw']:.1f} "
+          f"| {err['nhwc']:.1e} | {err['ours']:.1e} | {err['nchw']:.1e} |", flush=True)
+
+
+def bench_wgrad(repeats: int) -> None:
+    print("\n## 2D depthwise weight gradient, NHWC, 1 x 32 x 256^2 (ms)")
+    print("| kernel | oneDNN k x k | k x 3 strips | speed-up |")
+    print("|---|---|---|---|")
+    c = 32
+    x = torch.randn(1, c, 256, 256).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(1, c, 256, 256).contiguous(memory_format=torch.channels_last)
+    for k in (3, 5, 7):
+        w = torch.empty(c, 1, k, k)
+        def direct(k: int = k, w: torch.Tensor = w) -> object:
+            return torch.ops.aten.convolution_backward(
+                grad, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [False, True, False])
+
+        ms = medians({"direct": direct, "strips": lambda k=k: _depthwise_weight_grad_2d(grad, x, k)}, repeats)
+        print(f"| {k} | {ms['direct']:.1f} | {ms['strips']:.1f} | {ms['direct'] / ms['strips']:.2f}x |", flush=True)
+
+
+def bench_pointwise(repeats: int) -> None:
+    print("\n## 2D 1x1 conv, NHWC, forward + backward (ms)")
+    print("| input | out channels | oneDNN conv | F.linear | speed-up |")
+    print("|---|---|---|---|---|")
+    for (c, size), out in (((32, 256), 64), ((64, 256), 32), ((64, 128), 128), ((256, 32), 512)):
+        pointwise_row(c, size, out, repeats)
+
+
+def pointwise_row(c: int, size: int, out: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, c, size, size).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(out, c, 1, 1, requires_grad=True)
+    grad = torch.randn(1, out, size, size).contiguous(memory_format=torch.channels_last)
+    ms = medians({"conv": lambda: F.conv2d(x, w).backward(grad),
+                  "linear": lambda: F.linear(x.movedim(1, -1), w.flatten(1)).movedim(-1, 1).backward(grad)}, repeats)
+    print(f"| {c} x {size}^2 | {out} | {ms['conv']:.1f} | {ms['linear']:.1f} "
+          f"| {ms['linear'] / ms['conv']:.2f}x |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", default="norm,wgrad,pointwise", help="comma-separated subset of norm, wgrad, pointwise")
+    p.add_argument("--repeats", type=int, default=11)
+    args = p.parse_args(argv)
+    print(f"# mednext_lite op benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} alternating runs")
+    sections = {"norm": bench_norm, "wgrad": bench_wgrad, "pointwise": bench_pointwise}
+    for name in args.only.split(","):
+        sections[name.strip()](args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
