@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared check for a GPU machine (under 8 minutes on one H100/H200), printing one table:
 #   1. a short training run on the synthetic task (benchmarks/train_synthetic.py, MedNeXt-S ratios,
-#      base width 32, 64^3 patches, 2 epochs x 25 iterations, bf16 autocast via the trainer's amp=auto);
+#      base width 32, 64^3 patches, 4 epochs x 30 iterations, bf16 autocast via the trainer's amp=auto);
 #   2. benchmarks/gpu_bench.py: S and B, k3 and k5, 128^3, batch 1 training steps: MONAI fp32 against
 #      ours in fp32, bf16 autocast, bf16 + channels-last and (S only) bf16 + torch.compile.
 # Usage:  bash benchmarks/gpu_check.sh            (PYTHON=... to pick the interpreter, OUT=... for files)
@@ -16,11 +16,14 @@ mkdir -p "$OUT"
 START=$(date +%s)
 echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available to $PYTHON: run this on the GPU machine')" || exit 2
-"$PYTHON" -c "import mednext_lite" 2>/dev/null || "$PYTHON" -m pip install --quiet -e . || exit 3
+# an offline GPU image may lack the package: use this checkout in place (monai and nibabel must be importable)
+"$PYTHON" -c "import sys; sys.path.pop(0); import mednext_lite" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PYTHON" -c "import mednext_lite, monai, nibabel; print('# torch', __import__('torch').__version__, \
+'monai', monai.__version__, 'nibabel', nibabel.__version__)" || exit 3
 
-# 1. short training run (data synthesis runs on the CPU; the whole step is capped at 150 s)
-timeout 150 "$PYTHON" benchmarks/train_synthetic.py --data-dir "$OUT/data" --run-dir "$OUT/run" \
-    --base-width 32 --blocks 2 --patch 64 --batch 2 --epochs 2 --iters 25 --val-every 2 --threads 0 \
+# 1. short training run (data synthesis runs on the CPU; the whole step is capped at 130 s)
+timeout 130 "$PYTHON" benchmarks/train_synthetic.py --data-dir "$OUT/data" --run-dir "$OUT/run" \
+    --base-width 32 --blocks 2 --patch 64 --batch 2 --epochs 4 --iters 30 --val-every 2 --threads 0 \
     --json "$OUT/train.json" > "$OUT/train.log" 2>&1 || echo "(training run failed or timed out: see $OUT/train.log)"
 
 # 2. the comparison table, with whatever time is left (the budget guard skips rows it cannot afford)
