@@ -58,6 +58,45 @@ def step_fn(model, x, y, opt, amp_dtype):
     return step
 
 
+def max_abs_diff(a, b, x, tf32: bool) -> float:
+    """Largest output difference of two networks; ``tf32`` lets cuDNN/cuBLAS round fp32 inputs to
+    TF32 (PyTorch's default for cuDNN convolutions), ``False`` forces full fp32 arithmetic."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        with torch.no_grad():
+            return float((a(x) - b(x)).abs().max())
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def infer_rows(args, device: torch.device) -> None:
+    """Sliding-window inference of one ``--infer-size``^3 volume in ``--size``^3 windows (overlap 0.25,
+    Gaussian blending, 2 windows per batch): volumes per minute, median of ``--infer-repeats``."""
+    from monai.inferers import sliding_window_inference
+
+    n = args.infer_size
+    print(f"\n# sliding-window inference, one {n}^3 volume, {args.size}^3 windows, overlap 0.25, "
+          f"median of {args.infer_repeats}")
+    print("| model | k | variant | volumes/min | vs MONAI fp32 |")
+    print("|---|---|---|---|---|")
+    volume = torch.randn(1, 1, n, n, n, device=device, generator=torch.Generator(device).manual_seed(3))
+    for k in args.kernels:
+        baseline = None
+        for impl, label, amp in (("monai", "MONAI fp32", None), ("ours", "ours fp32", None),
+                                 ("ours", "ours bf16", torch.bfloat16)):
+            model = build(impl, "S", k, args.size, device).eval()
+
+            def run(model=model, amp=amp):
+                ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
+                with torch.no_grad(), ctx:
+                    sliding_window_inference(volume, (args.size,) * 3, 2, model, overlap=0.25, mode="gaussian")
+            vpm = 60 / time_steps(run, args.infer_repeats, 1, device)
+            baseline = vpm if impl == "monai" else baseline
+            print(f"| MedNeXt-S | {k} | {label} | {vpm:.1f} | {vpm / baseline:.2f}x |", flush=True)
+            del model
+
+
 def time_steps(step, repeats: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         step()
@@ -82,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="S", help="variants that also get a torch.compile row ('' for none)")
     p.add_argument("--compile-reserve-s", type=float, default=90.0,
                    help="a compile row starts only with at least this much of the budget left")
+    p.add_argument("--infer", action="store_true", help="also time sliding-window inference (S preset)")
+    p.add_argument("--infer-size", type=int, default=256)
+    p.add_argument("--infer-repeats", type=int, default=3)
     p.add_argument("--json", type=Path)
     p.add_argument("--train-json", type=Path, help="train_synthetic.py's --json output, added as the last row")
     p.add_argument("--device", default="cuda", help="'cpu' only to dry-run this script at a tiny --size")
@@ -121,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         note = ""
         if impl == "ours" and variant == "S" and not cl and amp is None and not compiled:
             ref = build("monai", variant, k, args.size, device)
-            with torch.no_grad():
-                diff = float((ref(x) - model(x)).abs().max())
-            note = f" (max abs diff to MONAI {diff:.1e})"
+            note = " (max abs diff to MONAI " + ", ".join(
+                f"{max_abs_diff(ref, model, x, tf32):.1e}{' with TF32' if tf32 else ' in strict fp32'}"
+                for tf32 in ((True, False) if device.type == "cuda" else (False,))) + ")"
             del ref
         net = torch.compile(model) if compiled else model
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -147,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:  # written after every row, so a run cut short keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
         del model, net, opt
+    if args.infer:
+        infer_rows(args, device)
     if args.train_json:
         if args.train_json.exists():
             t = json.loads(args.train_json.read_text())

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at tiny sizes (nothing is timed: only their tables are checked)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,11 +34,17 @@ def test_cpu_benchmark_sections_run_and_check_before_they_time(tmp_path):
 def test_gpu_script_dry_runs_on_cpu(tmp_path):
     # the GPU table's code paths (fp32, bf16 autocast, channels-last) on the CPU, at the smallest size
     out = run("gpu_bench.py", "--device", "cpu", "--size", "32", "--variants", "S", "--kernels", "3",
-              "--repeats", "1", "--warmup", "1", "--compile", "", "--json", str(tmp_path / "gpu.json"))
+              "--repeats", "1", "--warmup", "1", "--compile", "", "--json", str(tmp_path / "gpu.json"),
+              "--infer", "--infer-size", "40", "--infer-repeats", "1")
     rows = json.loads((tmp_path / "gpu.json").read_text())
     assert [r["label"] for r in rows] == ["MONAI fp32", "ours fp32", "ours bf16", "ours bf16 + channels-last"]
     assert all(r["ms"] > 0 for r in rows)
-    assert "max abs diff to MONAI" in out
+    diff = re.search(r"max abs diff to MONAI ([0-9.e+-]+) in strict fp32", out)
+    assert diff and float(diff.group(1)) < 5e-5
+    infer = re.findall(r"\| MedNeXt-S \| 3 \| (MONAI fp32|ours fp32|ours bf16) \| ([0-9.]+) \|",
+                       out.split("# sliding-window inference")[-1])
+    assert [label for label, _ in infer] == ["MONAI fp32", "ours fp32", "ours bf16"]
+    assert all(float(vpm) > 0 for _, vpm in infer)
 
 
 def test_op_benchmark_backs_the_norm_exactness_claim():
