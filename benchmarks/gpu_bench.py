@@ -91,23 +91,28 @@ def infer_rows(args, device: torch.device) -> None:
                 ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
                 with torch.no_grad(), ctx:
                     sliding_window_inference(volume, (args.size,) * 3, 2, model, overlap=0.25, mode="gaussian")
-            vpm = 60 / time_steps(run, args.infer_repeats, 1, device)
+            vpm = 60 / time_steps(run, args.infer_repeats, 1, device)[0]
             baseline = vpm if impl == "monai" else baseline
             print(f"| MedNeXt-S | {k} | {label} | {vpm:.1f} | {vpm / baseline:.2f}x |", flush=True)
             del model
 
 
-def time_steps(step, repeats: int, warmup: int, device: torch.device) -> float:
+def time_steps(step, repeats: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of ``repeats`` timed calls after ``warmup`` untimed ones, and the first call's
+    seconds (for a compiled model: compilation plus its first step)."""
+    first = None
     for _ in range(warmup):
+        t0 = time.perf_counter()
         step()
-    sync(device)
+        sync(device)
+        first = time.perf_counter() - t0 if first is None else first
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(times), first if first is not None else times[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="S", help="variants that also get a torch.compile row ('' for none)")
     p.add_argument("--compile-reserve-s", type=float, default=90.0,
                    help="a compile row starts only with at least this much of the budget left")
+    p.add_argument("--only", default="", help="comma-separated label parts: run only the rows whose label "
+                   "contains one, e.g. 'MONAI fp32,compile'")
     p.add_argument("--infer", action="store_true", help="also time sliding-window inference (S preset)")
     p.add_argument("--infer-size", type=int, default=256)
     p.add_argument("--infer-repeats", type=int, default=3)
@@ -149,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     # compile rows go last: their compile time is the least predictable, so every other row prints first
     jobs = [(v, k, c) for v in args.variants for k in args.kernels for c in plain]
     jobs += [(v, k, compiled_row) for v in args.variants if v in args.compile for k in args.kernels]
+    if args.only:
+        jobs = [job for job in jobs if any(part in job[2][1] for part in args.only.split(","))]
     baselines: dict[tuple[str, int], float] = {}
     for variant, k, (impl, label, amp, cl, compiled) in jobs:
         left = args.budget_s - (time.perf_counter() - start)
@@ -173,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            ms = 1000 * time_steps(step_fn(net, x, y, opt, amp), args.repeats, args.warmup, device)
+            median_s, first_s = time_steps(step_fn(net, x, y, opt, amp), args.repeats, args.warmup, device)
+            ms = 1000 * median_s
         except torch.cuda.OutOfMemoryError:
             print(f"| MedNeXt-{variant} | {k} | {label} | out of memory | | |", flush=True)
             continue
@@ -183,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baselines.get((variant, k))
         ratio = f"{baseline / ms:.2f}x" if baseline else "n/a"
         what = f"MedNeXt-{variant}" + ("" if variant == "S" else " (MONAI's B differs: not identical maths)")
+        if compiled:
+            note = f" (compile + first step {first_s:.0f} s)"
         print(f"| {what} | {k} | {label}{note} | {ms:.1f} | {ratio} | {peak:.2f} |", flush=True)
         rows.append({"variant": variant, "k": k, "label": label, "ms": ms, "peak_gib": peak,
-                     "speedup": baseline / ms if baseline else None})
+                     "speedup": baseline / ms if baseline else None, "first_step_s": first_s})
         if args.json:  # written after every row, so a run cut short keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
         del model, net, opt

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine (about 6 minutes on one H100, at most 9), printing one table:
+# One prepared check for a GPU machine (about 8 minutes on one H100, at most 11), printing one table:
+#   0. benchmarks/gpu_paths.sh: PASS/FAIL for the GPU-only code paths;
 #   1. a short training run on the synthetic task (benchmarks/train_synthetic.py, MedNeXt-S ratios,
 #      base width 32, 64^3 patches, 4 epochs x 30 iterations, bf16 autocast via the trainer's amp=auto);
 #   2. benchmarks/gpu_bench.py: S and B, k3 and k5, 128^3, batch 1 training steps: MONAI fp32 against
 #      ours in fp32, bf16 autocast, bf16 + channels-last and (S only) bf16 + torch.compile, then
 #      sliding-window inference of one 256^3 volume (S, k3/k5: MONAI fp32, ours fp32 and bf16).
 # Usage:  bash benchmarks/gpu_check.sh            (PYTHON=... to pick the interpreter, OUT=... for files)
-# Measured on one H100 80GB: benchmarks/results/gpu_h100_2026-11-27.md (about 6 min in all).
+# Measured on one H100 80GB: benchmarks/results/gpu_h100_2026-11-27.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -21,6 +22,11 @@ echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --f
 "$PYTHON" -c "import sys; sys.path.pop(0); import mednext_lite" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import mednext_lite, monai, nibabel; print('# torch', __import__('torch').__version__, \
 'monai', monai.__version__, 'nibabel', nibabel.__version__)" || exit 3
+
+# 0. the GPU-only code paths (nccl DDP under torchrun, fp16 + GradScaler, loader workers, resume,
+#    predict and evaluate): PASS/FAIL lines, about 1-2 minutes
+PYTHON="$PYTHON" bash benchmarks/gpu_paths.sh || echo "(gpu_paths: some checks failed, see above)"
+START=$(date +%s)
 
 # 1. short training run (data synthesis runs on the CPU; the whole step is capped at 130 s)
 timeout 130 "$PYTHON" benchmarks/train_synthetic.py --data-dir "$OUT/data" --run-dir "$OUT/run" \
