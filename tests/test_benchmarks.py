@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at tiny sizes (nothing is timed: only their tables are checked)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -57,3 +58,15 @@ def test_op_benchmark_backs_the_norm_exactness_claim():
         err_nhwc, err_ours, err_nchw = (float(v) for v in row[-3:])
         assert err_ours < 2e-6 and err_ours < 2 * err_nchw and err_nhwc > 20 * err_ours, row
     assert "k x 3 strips" in out and "oneDNN conv" in out
+
+
+def test_gpu_code_path_script_dry_runs_on_cpu(tmp_path):
+    # benchmarks/gpu_paths.sh (torchrun training, resume, predict, evaluate) end to end on the CPU
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "AMP": "off", "PATCH": "32",
+           "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_paths.sh")], check=False, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
+    assert checks == ["synthesize", "train_torchrun_1proc_off", "resume", "resumed_to_epoch_2", "predict", "evaluate"]
+    assert "0 failed" in proc.stdout
