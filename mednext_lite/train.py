@@ -21,6 +21,7 @@ validation cases are split across ranks and their Dice sums added, and rank 0 al
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
@@ -263,8 +264,8 @@ def _data_api() -> Any:
     from .data import dataset as ds
     from .data import transforms as tf
 
-    return types.SimpleNamespace(load_task=ds.load_task, make_split=ds.make_split, save_split=ds.save_split,
-                                 load_split=ds.load_split, get_transforms=tf.get_transforms,
+    return types.SimpleNamespace(load_task=ds.load_task, get_or_make_split=ds.get_or_make_split,
+                                 get_transforms=tf.get_transforms,
                                  make_dataset=tf.make_dataset)
 
 
@@ -369,22 +370,19 @@ class Trainer:
         cfg, api = self.cfg, _data_api()
         self.info = api.load_task(cfg.task_dir)
         split_path = self.run_dir / "split.json"
+        n_folds = min(cfg.n_folds, len(self.info.training))
+        if n_folds < 2:
+            raise ValueError(f"task {cfg.task_dir} has {len(self.info.training)} training case(s): "
+                             "at least 2 are needed to hold one out for validation")
+        split = functools.partial(api.get_or_make_split, self.info.training, split_path, n_folds=n_folds,
+                                  fold=cfg.fold, seed=cfg.seed)
         # Rank 0 writes the split once; the others wait and read it, so every process (and every
         # resumption) trains on exactly the same cases.
-        if self.is_main and not split_path.exists():
-            n_folds = min(cfg.n_folds, len(self.info.training))
-            if n_folds < 2:
-                raise ValueError(f"task {cfg.task_dir} has {len(self.info.training)} training case(s): "
-                                 "at least 2 are needed to hold one out for validation")
-            train_cases, val_cases = api.make_split(self.info.training, n_folds=n_folds, fold=cfg.fold, seed=cfg.seed)
-            api.save_split(split_path, train_cases, val_cases, fold=cfg.fold, n_folds=n_folds, seed=cfg.seed)
+        if self.is_main:
+            split()
         if self.distributed:
             dist.barrier()
-        train_cases, val_cases = api.load_split(split_path)
-        meta = json.loads(split_path.read_text()).get("meta", {})
-        if meta and (meta.get("fold"), meta.get("seed")) != (cfg.fold, cfg.seed):
-            raise ValueError(f"{split_path} holds fold {meta.get('fold')} (seed {meta.get('seed')}) but this run asks "
-                             f"for fold {cfg.fold} (seed {cfg.seed}): use another --run-dir for another fold")
+        train_cases, val_cases = split()
         if cfg.max_val_cases is not None:
             val_cases = val_cases[: cfg.max_val_cases]
         self.train_cases, self.val_cases = train_cases, val_cases

@@ -179,9 +179,12 @@ def test_split_save_load_round_trip(task, tmp_path):
     path = save_split(tmp_path / "run" / "split.json", train, val, fold=1, seed=0)
     assert load_split(path) == (train, val)
     assert json.loads(path.read_text())["meta"] == {"fold": 1, "seed": 0}
-    # get_or_make_split keeps what is on disk: a resumed run trains on the same cases.
-    again = get_or_make_split(info.training, path, n_folds=3, fold=0, seed=9)
+    # get_or_make_split keeps what is on disk: a resumed run trains on the same cases...
+    again = get_or_make_split(info.training, path, n_folds=3, fold=1, seed=0)
     assert again == (train, val)
+    # ...and refuses a stored split made for another fold or seed instead of training on it
+    with pytest.raises(ValueError, match=r"fold=1, seed=0, but fold=0, seed=9 was asked for"):
+        get_or_make_split(info.training, path, n_folds=3, fold=0, seed=9)
     fresh = get_or_make_split(info.training, tmp_path / "run2" / "split.json", n_folds=3, fold=0, seed=9)
     assert fresh == make_split(info.training, n_folds=3, fold=0, seed=9)
     (tmp_path / "bad.json").write_text("[]")

@@ -128,9 +128,12 @@ def test_train_writes_checkpoints_metrics_and_curves(task, tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 4
     assert ckpt["train_config"]["model_overrides"]["base_width"] == 4
     assert 0.0 <= result.best_mean_dice <= 1.0 and result.best_checkpoint == run / "best.pt"
-    # A second start into the same run directory is refused rather than overwriting it.
+    # A second start into the same run directory is refused rather than overwriting it,
+    # and resuming it for another fold is refused rather than training on the stored fold.
     with pytest.raises(ValueError, match="--resume"):
         train(cfg)
+    with pytest.raises(ValueError, match=r"split.json holds the split for fold=0, but fold=1 was asked for"):
+        train(cfg.replace(resume=True, fold=1, epochs=3))
 
 
 KILL_SCRIPT = textwrap.dedent("""

@@ -389,10 +389,21 @@ def load_split(path: str | os.PathLike) -> tuple[list, list]:
 def get_or_make_split(cases: Sequence[Any], split_path: str | os.PathLike, *, n_folds: int = 5, fold: int = 0,
                       seed: int = 0) -> tuple[list, list]:
     """Return the split stored at ``split_path`` when it exists (so a resumed run keeps its
-    cases), else make one with ``make_split`` and save it there."""
+    cases), else make one with ``make_split`` and save it there. A stored split whose "meta"
+    names another ``n_folds``, ``fold`` or ``seed`` is refused: returning it would train the
+    wrong fold without a word."""
     split_path = Path(split_path)
-    if split_path.exists():
-        return load_split(split_path)
-    train, val = make_split(cases, n_folds=n_folds, fold=fold, seed=seed)
-    save_split(split_path, train, val, n_folds=n_folds, fold=fold, seed=seed)
+    if not split_path.exists():
+        train, val = make_split(cases, n_folds=n_folds, fold=fold, seed=seed)
+        save_split(split_path, train, val, n_folds=n_folds, fold=fold, seed=seed)
+        return train, val
+    train, val = load_split(split_path)
+    stored = json.loads(split_path.read_text()).get("meta") or {}
+    asked = {"n_folds": n_folds, "fold": fold, "seed": seed}
+    clash = [key for key, value in asked.items() if key in stored and stored[key] != value]
+    if clash:
+        have = ", ".join(f"{key}={stored[key]!r}" for key in clash)
+        want = ", ".join(f"{key}={asked[key]!r}" for key in clash)
+        raise ValueError(f"{split_path} holds the split for {have}, but {want} was asked for: "
+                         "use another run directory (--run-dir) for another fold, or delete the file")
     return train, val
