@@ -36,7 +36,7 @@ import itertools
 
 import numpy as np
 
-from mednext_lite import MedNeXtConfig, compound_scale, preset_config
+from mednext_lite import MedNeXtConfig, compound_scale, get_preset, preset_config
 from mednext_lite.notebooks import Lesson, collect_csv, plot_sweep
 from mednext_lite.profile import count_macs, count_parameters, measure_step_memory, receptive_field
 
@@ -61,10 +61,6 @@ REFERENCE_GMACS = {  # (variant, spatial_dims, kernel) -> conv GMAC
     ("S", 2, 3): 35.42, ("S", 2, 5): 36.64, ("B", 2, 3): 57.61, ("B", 2, 5): 58.82,
     ("M", 2, 3): 88.10, ("M", 2, 5): 90.07, ("L", 2, 3): 243.11, ("L", 2, 5): 245.52,
 }
-PAPER = {  # the paper's own table (3D): parameters in millions, "GFlops" at 128^3
-    ("S", 3): (5.6, 130), ("S", 5): (5.9, 169), ("B", 3): (10.5, 170), ("B", 5): (11.0, 208),
-    ("M", 3): (17.6, 248), ("M", 5): (18.3, 308), ("L", 3): (61.8, 500), ("L", 5): (63.0, 564),
-}
 DEEP_SUPERVISION_EXTRA = 2_892
 
 ref_size = (128,) * 3 if spatial_dims == 3 else (512, 512)
@@ -76,7 +72,9 @@ for v, k in itertools.product(variants, kernels):
     row["ref_params"] = REFERENCE_PARAMS[(v, spatial_dims, k)]
     row["ref_gmacs"] = REFERENCE_GMACS[(v, spatial_dims, k)]
     if spatial_dims == 3:
-        row["paper_params_m"], row["paper_gflops"] = PAPER[(v, k)]
+        # the paper's own table (3D), kept with each preset: millions of parameters, "GFlops" at 128^3
+        preset, column = get_preset(v), (3, 5).index(k)
+        row["paper_params_m"], row["paper_gflops"] = preset.paper_params_m[column], preset.paper_gflops[column]
     table.append(row)
     print(f"MedNeXt-{v} k{k} {spatial_dims}D: {row['params']:>11,} params (reference {row['ref_params']:>11,})  "
           f"{row['gmacs']:7.2f} GMAC (reference {row['ref_gmacs']:7.2f})  receptive field {row['receptive_field']}")
