@@ -241,8 +241,10 @@ def check_upkern(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> Feedback:
 
 def check_window_limits(fn: Callable[[float, float], tuple[float, float]]) -> Feedback:
     """Exercise 5a: ``fn(level, width)`` returns the display range ``(vmin, vmax)`` of a CT window."""
+    from .viz import CT_WINDOWS, ct_window
+
     name = "window limits"
-    for level, width in ((40, 400), (-600, 1500), (400, 1800)):
+    for level, width in CT_WINDOWS.values():  # the viewer's own presets, answered by its ct_window
         got, problem = _call(name, fn, level, width)
         if problem is not None:
             return problem
@@ -250,25 +252,27 @@ def check_window_limits(fn: Callable[[float, float], tuple[float, float]]) -> Fe
             lo, hi = (float(v) for v in got)
         except (TypeError, ValueError):
             return _hint(name, f"return a pair (vmin, vmax), got {got!r}")
-        if math.isclose(lo, level - width / 2) and math.isclose(hi, level + width / 2):
+        want_lo, want_hi = ct_window(level, width)
+        if math.isclose(lo, want_lo) and math.isclose(hi, want_hi):
             continue
         if math.isclose(lo, level - width) and math.isclose(hi, level + width):
             return _hint(name, f"level {level}, width {width}: the window is `width` wide IN TOTAL, "
                                "so it spans level +/- width/2")
         if math.isclose(lo, width - level / 2) or math.isclose(lo, width - level):
             return _hint(name, "level and width are swapped: the level is the centre, the width the span")
-        return _hint(name, f"level {level}, width {width}: expected ({level - width / 2}, {level + width / 2}), "
-                           f"got ({lo}, {hi})")
+        return _hint(name, f"level {level}, width {width}: expected ({want_lo}, {want_hi}), got ({lo}, {hi})")
     return _ok(name, "vmin = level - width/2, vmax = level + width/2.")
 
 
 def check_lung_window(level: float, width: float) -> Feedback:
     """Exercise 5b: choose (level, width) in HU that shows lung tissue (air -1000 HU, lung about
     -850..-500 HU, soft tissue 20..80 HU) with some soft tissue still distinguishable."""
+    from .viz import ct_window
+
     name = "lung window"
-    lo, hi = level - width / 2, level + width / 2
     if width <= 0:
         return _hint(name, "the width must be positive")
+    lo, hi = ct_window(level, width)
     if hi < -100:
         return _hint(name, f"your window [{lo:.0f}, {hi:.0f}] HU turns all soft tissue white; raise the level "
                            "or widen it so it reaches above 0 HU")

@@ -26,6 +26,7 @@ __all__ = [
     "MRI_WINDOWS",
     "PLANES",
     "SliceViewer",
+    "ct_window",
     "extract_slice",
     "figure_png",
     "has_widget_frontend",
@@ -65,6 +66,14 @@ HEADLESS_ENV_VAR = "MEDNEXT_LITE_HEADLESS"
 _LABEL_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
+def ct_window(level: float, width: float) -> tuple[float, float]:
+    """Display limits ``(vmin, vmax)`` of a CT window given as level (its centre) and width (its
+    whole span), both in Hounsfield units."""
+    if not width > 0:
+        raise ValueError(f"CT window width={width!r} must be positive, e.g. 400 for soft tissue")
+    return level - width / 2, level + width / 2
+
+
 def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_ct: bool = False) -> tuple[float, float]:
     """Display limits ``(vmin, vmax)`` for a named window or an explicit ``(vmin, vmax)`` pair.
 
@@ -74,8 +83,7 @@ def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_c
     """
     if isinstance(window, str):
         if is_ct and window in CT_WINDOWS:
-            level, width = CT_WINDOWS[window]
-            return level - width / 2, level + width / 2
+            return ct_window(*CT_WINDOWS[window])
         if window in MRI_WINDOWS:
             lo, hi = np.percentile(np.asarray(volume, dtype=np.float64), MRI_WINDOWS[window])
             return float(lo), float(hi) if hi > lo else float(lo) + 1.0

@@ -47,6 +47,9 @@ def test_windows():
     assert viz.window_limits(ct, "soft tissue", is_ct=True) == (-160.0, 240.0)
     assert viz.window_limits(ct, "lung", is_ct=True) == (-1350.0, 150.0)
     assert viz.window_limits(ct, "bone", is_ct=True) == (-500.0, 1300.0)
+    assert viz.ct_window(-600, 1500) == (-1350.0, 150.0)
+    with pytest.raises(ValueError, match="width=0 must be positive"):
+        viz.ct_window(40, 0)
     mri = np.arange(101, dtype=float)
     assert viz.window_limits(mri, "5-95 %") == pytest.approx((5.0, 95.0))
     assert viz.window_limits(mri, (10, 20)) == (10.0, 20.0)
