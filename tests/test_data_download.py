@@ -7,6 +7,7 @@ import os
 import tarfile
 
 import pytest
+from loopback_msd import LoopbackServer, build_msd_archive, tar_add_bytes
 
 from mednext_lite.data import (
     DownloadError,
@@ -18,7 +19,6 @@ from mednext_lite.data import (
 )
 from mednext_lite.data.commands import download_main
 from mednext_lite.data.download import EXTRACTED_MARKER
-from mednext_lite.data.testing import LoopbackServer, build_msd_archive, tar_add_bytes
 
 TASK = "Task04_Hippocampus"
 

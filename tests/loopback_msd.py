@@ -1,8 +1,6 @@
 """Test helpers for the data layer: MSD-layout archives built on the fly and a loopback HTTP
-server with Range support and a switchable mid-transfer cut.
-
-They live in the package (not in a conftest) so any test module, notebook check or benchmark
-can build a real archive and serve it from 127.0.0.1 without touching the network.
+server with Range support and a switchable mid-transfer cut, so the download code is tested
+against a real server on 127.0.0.1 without touching the network.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .synthetic import synthesize_case
+from mednext_lite.data.synthetic import synthesize_case
 
 __all__ = ["LoopbackServer", "build_msd_archive", "tar_add_bytes"]
 
