@@ -9,6 +9,9 @@ and printing medians in milliseconds:
 * ``wgrad``: the 2D depthwise weight gradient on NHWC tensors, one k x k oneDNN call against
   ``_depthwise_weight_grad_2d``'s k x 3 strips.
 * ``pointwise``: a 2D 1x1 conv forward + backward on NHWC tensors, oneDNN's conv against ``F.linear``.
+* ``adamw``: one AdamW step over MedNeXt-S's parameters (deep supervision on, the trainer's
+  hyper-parameters): PyTorch's per-tensor loop, its ``foreach`` kernels and its ``fused`` kernel,
+  and the fused kernel's largest difference from the loop after five steps.
 
     python benchmarks/bench_ops.py                 # about a minute on 2 cores
 """
@@ -112,14 +115,40 @@ def pointwise_row(c: int, size: int, out: int, repeats: int) -> None:
           f"| {ms['linear'] / ms['conv']:.2f}x |", flush=True)
 
 
+def bench_adamw(repeats: int) -> None:
+    from mednext_lite import create_mednext
+
+    print("\n## AdamW step over MedNeXt-S's parameters (ms)")
+    print("| model | tensors | loop | foreach | fused | fused vs loop | fused max abs diff after 5 steps |")
+    print("|---|---|---|---|---|---|---|")
+    for dims in (3, 2):
+        torch.manual_seed(0)
+        params = list(create_mednext("S", 1, 3, 3, dims, deep_supervision=True).parameters())
+        twins = {name: [q.detach().clone().requires_grad_(True) for q in params] for name in ("loop", "foreach", "fused")}
+        kinds = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+        opts = {name: torch.optim.AdamW(twins[name], lr=1e-3, eps=1e-4, weight_decay=3e-5, **kinds[name])
+                for name in kinds}
+        for step in range(5):  # the same gradients into each copy, then compare
+            grads = [torch.randn_like(q) for q in params]
+            for name in kinds:
+                for q, g in zip(twins[name], grads):
+                    q.grad = g.clone()
+                opts[name].step()
+        diff = max(float((a.detach() - b.detach()).abs().max()) for a, b in zip(twins["loop"], twins["fused"]))
+        ms = medians({name: opts[name].step for name in kinds}, repeats)
+        print(f"| {dims}D S | {len(params)} | {ms['loop']:.1f} | {ms['foreach']:.1f} | {ms['fused']:.1f} "
+              f"| {ms['loop'] / ms['fused']:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="norm,wgrad,pointwise", help="comma-separated subset of norm, wgrad, pointwise")
+    p.add_argument("--only", default="norm,wgrad,pointwise,adamw",
+                   help="comma-separated subset of norm, wgrad, pointwise, adamw")
     p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args(argv)
     print(f"# mednext_lite op benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} alternating runs")
-    sections = {"norm": bench_norm, "wgrad": bench_wgrad, "pointwise": bench_pointwise}
+    sections = {"norm": bench_norm, "wgrad": bench_wgrad, "pointwise": bench_pointwise, "adamw": bench_adamw}
     for name in args.only.split(","):
         sections[name.strip()](args.repeats)
     return 0

@@ -269,6 +269,19 @@ def _data_api() -> Any:
                                  make_dataset=tf.make_dataset)
 
 
+def _adamw(params: list[nn.Parameter], cfg: TrainConfig, *, fused: bool) -> torch.optim.AdamW:
+    """The recipe's AdamW, as PyTorch's fused kernel where it has one: the same update to float
+    rounding (3e-8 to 1.2e-7 after five steps), 2.7-4.1x faster than the per-tensor loop over
+    MedNeXt-S's 236 tensors on 2 CPU cores (``benchmarks/bench_ops.py --only adamw``)."""
+    kwargs = {"lr": cfg.lr, "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    if fused:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except RuntimeError:  # no fused kernel for this device in this PyTorch (CPU: before 2.4)
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
 def _seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -423,11 +436,11 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn = make_loss()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, eps=cfg.eps,
-                                           weight_decay=cfg.weight_decay)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        # fp16's GradScaler path keeps the per-tensor kernel that the GPU check ran
+        self.optimizer = _adamw(list(self.model.parameters()), cfg, fused=self.amp_dtype != torch.float16)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: poly_lr(e, cfg.epochs, cfg.poly_exponent))
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if cfg.amp in ("bf16", "fp16") and self.device.type != "cuda":
             self._log(f"amp={cfg.amp} requested on {self.device}: mixed precision is CUDA-only here, training in fp32")
