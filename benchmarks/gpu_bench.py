@@ -5,8 +5,11 @@ median of ``--repeats`` timed training steps (forward + backward + AdamW, batch 
 with ``torch.cuda.synchronize`` around each, and the peak of ``torch.cuda.max_memory_allocated``.
 MONAI's S network is the same maths as ours (its weights are copied over and the outputs checked);
 MONAI's B builds its down blocks with other expansion ratios (see ``mednext_lite.interop``), so the
-B rows compare two slightly different networks and say so. A global time guard skips what is left
-once ``--budget-s`` is spent, so the script always finishes inside the machine's slot.
+B rows compare two slightly different networks and say so. The S fp32 rows also print the largest
+output difference to MONAI, with PyTorch's default TF32 convolutions and in strict fp32. A global
+time guard skips what is left once ``--budget-s`` is spent, so the script always finishes inside
+the machine's slot; compile rows run last and print their compile + first-step time. ``--infer``
+adds sliding-window inference rows, ``--only`` picks rows by label.
 """
 
 from __future__ import annotations

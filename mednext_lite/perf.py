@@ -111,7 +111,7 @@ def fastest_settings(device: str | torch.device) -> dict[str, Any]:
     (``torch.bfloat16`` on GPUs that support it, else ``None``: CPU autocast is left off, since it
     changes the numbers and the CPU benchmarks measure float32), ``compile`` (whether to
     ``torch.compile``: it made an H100 training step 1.31x (k3) / 1.14x (k5) faster with bf16, but
-    its start-up cost is not measured, so ``False``),
+    compiling that step took tens of seconds at least, so ``False``; see the README's GPU table),
     ``cudnn_benchmark`` (let cuDNN pick its fastest algorithm for a fixed patch size),
     ``keep_freed_memory`` (call :func:`keep_freed_memory` once: on CPU, unless memory is what
     you are short of, e.g. with gradient checkpointing).
