@@ -49,7 +49,7 @@ from .interop import (
 )
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
-from .perf import keep_freed_memory
+from .perf import fastest_settings, keep_freed_memory
 from .variants import get_preset, preset_config
 
 __all__ = [
@@ -428,6 +428,8 @@ class Trainer:
         self.model.to(self.device).set_memory_format("channels_last" if cfg.channels_last else "auto")
         if self.device.type == "cpu" and cfg.keep_freed_memory and not self.model.grad_checkpointing:
             keep_freed_memory()  # not with checkpointing: the kept heap ate most of its memory saving
+        if self.device.type == "cuda":  # fixed patch size: let cuDNN time its algorithms once (process-wide)
+            torch.backends.cudnn.benchmark = fastest_settings(self.device)["cudnn_benchmark"]
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
