@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine (about 8 minutes on one H100, at most 11), printing one table:
+# One prepared check for a GPU machine (about 8 minutes on one H100, at most 11), printing PASS/FAIL lines and tables:
 #   0. benchmarks/gpu_paths.sh: PASS/FAIL for the GPU-only code paths;
 #   1. a short training run on the synthetic task (benchmarks/train_synthetic.py, MedNeXt-S ratios,
 #      base width 32, 64^3 patches, 4 epochs x 30 iterations, bf16 autocast via the trainer's amp=auto);
@@ -15,7 +15,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
-START=$(date +%s)
+BEGIN=$(date +%s)
 echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
 "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available to $PYTHON: run this on the GPU machine')" || exit 2
 # an offline GPU image may lack the package: use this checkout in place (monai and nibabel must be importable)
@@ -24,9 +24,9 @@ echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --f
 'monai', monai.__version__, 'nibabel', nibabel.__version__)" || exit 3
 
 # 0. the GPU-only code paths (nccl DDP under torchrun, fp16 + GradScaler, loader workers, resume,
-#    predict and evaluate): PASS/FAIL lines, about 1-2 minutes
+#    predict and evaluate): PASS/FAIL lines, about 2 minutes
 PYTHON="$PYTHON" bash benchmarks/gpu_paths.sh || echo "(gpu_paths: some checks failed, see above)"
-START=$(date +%s)
+START=$(date +%s)  # the budget of steps 1 and 2 counts from here
 
 # 1. short training run (data synthesis runs on the CPU; the whole step is capped at 130 s)
 timeout 130 "$PYTHON" benchmarks/train_synthetic.py --data-dir "$OUT/data" --run-dir "$OUT/run" \
@@ -37,4 +37,4 @@ timeout 130 "$PYTHON" benchmarks/train_synthetic.py --data-dir "$OUT/data" --run
 LEFT=$(( 400 - ($(date +%s) - START) ))
 timeout $(( LEFT + 100 )) "$PYTHON" benchmarks/gpu_bench.py --budget-s $(( LEFT > 60 ? LEFT - 60 : 30 )) \
     --infer --json "$OUT/gpu_bench.json" --train-json "$OUT/train.json"
-echo "(gpu_check total $(( $(date +%s) - START )) s; files in $OUT)"
+echo "(gpu_check total $(( $(date +%s) - BEGIN )) s; files in $OUT)"
