@@ -222,10 +222,10 @@ def bench_train(args: argparse.Namespace, rows: list[dict]) -> None:
             finally:
                 ours.close(), theirs.close()
             row = {"section": "train", "dims": dims, "size": size, "k": k, "n": len(ro),
-                       "ours_s": med(ro, "wall"), "monai_s": med(rm, "wall"),
-                       "ours_cpu_s": med(ro, "cpu"), "monai_cpu_s": med(rm, "cpu"),
-                       "ours_peak": mo["step_peak"], "monai_peak": mm["step_peak"], "max_abs_diff": diff,
-                       "ours_rss": mo["peak_rss"], "monai_rss": mm["peak_rss"], "matmul_gflops": statistics.median(matmul)}
+                   "ours_s": med(ro, "wall"), "monai_s": med(rm, "wall"),
+                   "ours_cpu_s": med(ro, "cpu"), "monai_cpu_s": med(rm, "cpu"),
+                   "ours_peak": mo["step_peak"], "monai_peak": mm["step_peak"], "max_abs_diff": diff,
+                   "ours_rss": mo["peak_rss"], "monai_rss": mm["peak_rss"], "matmul_gflops": statistics.median(matmul)}
             row["speedup"] = row["monai_s"] / row["ours_s"]
             row["speedup_cpu"] = row["monai_cpu_s"] / row["ours_cpu_s"]
             rows.append(row)

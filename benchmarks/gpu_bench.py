@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 
-def build(impl: str, variant: str, k: int, size: int, device: torch.device):
+def build(impl: str, variant: str, k: int, device: torch.device):
     from monai.networks.nets.mednext import create_mednext as monai_mednext
 
     from mednext_lite import MedNeXt, create_mednext
@@ -88,7 +88,7 @@ def infer_rows(args, device: torch.device) -> None:
         baseline = None
         for impl, label, amp in (("monai", "MONAI fp32", None), ("ours", "ours fp32", None),
                                  ("ours", "ours bf16", torch.bfloat16)):
-            model = build(impl, "S", k, args.size, device).eval()
+            model = build(impl, "S", k, device).eval()
 
             def run(model=model, amp=amp):
                 ctx = torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext()
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     rows, start = [], time.perf_counter()
     size = (args.size,) * 3
+    x = torch.randn(1, 1, *size, device=device, generator=torch.Generator(device).manual_seed(1))
+    y = torch.randint(0, 3, (1, *size), device=device, generator=torch.Generator(device).manual_seed(2))
     plain = [("monai", "MONAI fp32", None, False, False), ("ours", "ours fp32", None, False, False),
              ("ours", "ours bf16", torch.bfloat16, False, False),
              ("ours", "ours bf16 + channels-last", torch.bfloat16, True, False)]
@@ -167,14 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         if left <= 0 or (compiled and left < args.compile_reserve_s):
             print(f"| MedNeXt-{variant} | {k} | {label} | skipped: time budget spent | | |", flush=True)
             continue
-        x = torch.randn(1, 1, *size, device=device, generator=torch.Generator(device).manual_seed(1))
-        y = torch.randint(0, 3, (1, *size), device=device, generator=torch.Generator(device).manual_seed(2))
-        model = build(impl, variant, k, args.size, device)
+        model = build(impl, variant, k, device)
         if cl:
             to_channels_last(model)
         note = ""
         if impl == "ours" and variant == "S" and not cl and amp is None and not compiled:
-            ref = build("monai", variant, k, args.size, device)
+            ref = build("monai", variant, k, device)
             note = " (max abs diff to MONAI " + ", ".join(
                 f"{max_abs_diff(ref, model, x, tf32):.1e}{' with TF32' if tf32 else ' in strict fp32'}"
                 for tf32 in ((True, False) if device.type == "cuda" else (False,))) + ")"

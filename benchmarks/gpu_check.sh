@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine (about 8 minutes on one H100, at most 11), printing PASS/FAIL lines and tables:
+# One prepared check for a GPU machine (about 9 minutes on one H100, at most 12), printing PASS/FAIL lines and tables:
 #   0. benchmarks/gpu_paths.sh: PASS/FAIL for the GPU-only code paths;
 #   1. a short training run on the synthetic task (benchmarks/train_synthetic.py, MedNeXt-S ratios,
 #      base width 32, 64^3 patches, 4 epochs x 30 iterations, bf16 autocast via the trainer's amp=auto);
@@ -24,7 +24,7 @@ echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --f
 'monai', monai.__version__, 'nibabel', nibabel.__version__)" || exit 3
 
 # 0. the GPU-only code paths (nccl DDP under torchrun, fp16 + GradScaler, loader workers, resume,
-#    predict and evaluate): PASS/FAIL lines, about 2 minutes
+#    predict and evaluate): PASS/FAIL lines, about 2-3 minutes
 PYTHON="$PYTHON" bash benchmarks/gpu_paths.sh || echo "(gpu_paths: some checks failed, see above)"
 START=$(date +%s)  # the budget of steps 1 and 2 counts from here
 

@@ -378,10 +378,16 @@ def save_split(path: str | os.PathLike, train: Sequence[Any], val: Sequence[Any]
 def load_split(path: str | os.PathLike) -> tuple[list, list]:
     """Read a split written by ``save_split`` and return (train, val); string entries and the
     "image"/"label" values of dict entries come back as ``Path``."""
-    path = Path(path)
+    train, val, _ = _read_split(Path(path))
+    return train, val
+
+
+def _read_split(path: Path) -> tuple[list, list, dict[str, Any]]:
+    """(train, val, meta) of a split file, in one read."""
     try:
         payload = json.loads(path.read_text())
-        return [_from_json(c) for c in payload["train"]], [_from_json(c) for c in payload["val"]]
+        train, val = [_from_json(c) for c in payload["train"]], [_from_json(c) for c in payload["val"]]
+        return train, val, payload.get("meta") or {}
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a split file written by save_split ({err}); delete it to make a new split") from err
 
@@ -397,8 +403,7 @@ def get_or_make_split(cases: Sequence[Any], split_path: str | os.PathLike, *, n_
         train, val = make_split(cases, n_folds=n_folds, fold=fold, seed=seed)
         save_split(split_path, train, val, n_folds=n_folds, fold=fold, seed=seed)
         return train, val
-    train, val = load_split(split_path)
-    stored = json.loads(split_path.read_text()).get("meta") or {}
+    train, val, stored = _read_split(split_path)
     asked = {"n_folds": n_folds, "fold": fold, "seed": seed}
     clash = [key for key, value in asked.items() if key in stored and stored[key] != value]
     if clash:
