@@ -69,25 +69,34 @@ def pointwise_conv(spatial_dims: int, in_channels: int, out_channels: int, strid
     return cls(in_channels, out_channels, kernel_size=1, stride=stride)
 
 
-def _depthwise_weight_grad_2d(grad: torch.Tensor, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Weight gradient of a stride-1, 'same'-padded k x k depthwise conv on NHWC tensors, in k x 3 strips.
+def _stuff(t: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    """A channels-last zero tensor of spatial size ``spatial`` holding ``t`` at every second position
+    of every spatial axis: the input a stride-2 transposed conv sees as a stride-1 conv."""
+    out = t.new_zeros((t.shape[0], *spatial, t.shape[1])).movedim(-1, 1)
+    out[(...,) + (slice(None, None, 2),) * len(spatial)] = t
+    return out
+
+
+def _depthwise_weight_grad_2d(grad: torch.Tensor, x: torch.Tensor, k: int, stride: int = 1) -> torch.Tensor:
+    """Weight gradient of a k x k depthwise conv2d(x, w, stride, padding k // 2) on NHWC tensors, in k x 3 strips.
 
     Why: oneDNN's NHWC depthwise weight gradient is fast for kernels at most 3 wide and much slower
     from 4 wide on. A k x k kernel's gradient is the gradient of ceil(k/3) k x 3 kernels, each seeing
-    the input shifted by 3 columns: 3.0-4.6x faster than the k x k call for k = 5 and 7 (32 channels
-    at 256^2, 2 cores, benchmarks/bench_ops.py), equal to float rounding.
+    the input shifted by 3 columns: 3.0-4.6x faster than the k x k call for k = 5 and 7 at stride 1
+    (32 channels at 256^2, 2 cores, benchmarks/bench_ops.py), equal to float rounding.
     """
-    c, p, width = x.shape[1], k // 2, x.shape[-1]
+    c, p = x.shape[1], k // 2
     if k <= 3:
         return torch.ops.aten.convolution_backward(
-            grad, x, x.new_empty((c, 1, k, k)), None, [1, 1], [p, p], [1, 1], False, [0, 0], c, [False, True, False]
+            grad, x, x.new_empty((c, 1, k, k)), None, [stride] * 2, [p, p], [1, 1], False, [0, 0], c,
+            [False, True, False],
         )[1]
-    strips = -(-k // 3)
-    x_pad = F.pad(x, (p, p + 3 * strips - k, 0, 0))
+    strips, span = -(-k // 3), stride * (grad.shape[-1] - 1) + 3  # input columns one strip reads
+    x_pad = F.pad(x, (p, 3 * (strips - 1) + span - p - x.shape[-1], 0, 0))
     strip_w = x.new_empty((c, 1, k, 3))
     parts = [
         torch.ops.aten.convolution_backward(
-            grad, x_pad[..., 3 * s: 3 * s + width + 2], strip_w, None, [1, 1], [p, 0], [1, 1], False, [0, 0], c,
+            grad, x_pad[..., 3 * s: 3 * s + span], strip_w, None, [stride] * 2, [p, 0], [1, 1], False, [0, 0], c,
             [False, True, False],
         )[1]
         for s in range(strips)
@@ -151,6 +160,63 @@ class DepthwiseConv2d(_Depthwise, nn.Conv2d):
 
 class DepthwiseConv3d(_Depthwise, nn.Conv3d):
     """3D stride-1 depthwise convolution; see :class:`_DepthwiseGrad`."""
+
+
+class _TransposedDepthwiseGrad(torch.autograd.Function):
+    """Stride-2 transposed depthwise convolution (the up blocks') from stride-1 and stride-2 forward convs.
+
+    Why: PyTorch's CPU transposed depthwise conv is slow in both directions (forward and backward of
+    64 channels, 128^2 -> 255^2, k5: 30 ms; 3D, 32^3 -> 63^3, k3: 200 ms). The same maths: forward is
+    a stride-1 depthwise conv of the zero-stuffed input with the flipped kernel; grad-input is the
+    stride-2 depthwise conv of grad-output with the kernel itself; grad-weight is the weight
+    gradient of that stride-2 conv with the input in the role of grad-output.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.has_bias = padding, bias is not None
+        spatial, k = tuple(range(2, x.ndim)), weight.shape[-1]
+        conv = F.conv3d if x.ndim == 5 else F.conv2d
+        stuffed = _stuff(x, tuple(2 * n - 1 for n in x.shape[2:]))
+        return conv(stuffed, weight.flip(spatial), bias, padding=k - 1 - padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        p, c, k, dims = ctx.padding, x.shape[1], weight.shape[-1], x.ndim - 2
+        conv = F.conv3d if dims == 3 else F.conv2d
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv(grad, weight, stride=2, padding=p, groups=c)
+        if ctx.needs_input_grad[1] and dims == 2:
+            grad_w = _depthwise_weight_grad_2d(x, grad, k, stride=2)
+        elif ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(
+                x, grad, weight, None, [2] * dims, [p] * dims, [1] * dims, False, [0] * dims, c, [False, True, False]
+            )[1]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, *range(2, grad.ndim)))
+        return grad_x, grad_w, grad_b, None
+
+
+class _DepthwiseTransposed:
+    """A stride-2 transposed depthwise conv that uses :class:`_TransposedDepthwiseGrad` on channels-last
+    CPU tensors (outside autocast) and PyTorch's kernel otherwise."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (output_size is None and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                and x.is_contiguous(memory_format=channels_last_format(x.ndim - 2))):
+            return _TransposedDepthwiseGrad.apply(x, self.weight, self.bias, self.padding[0])
+        return super().forward(x, output_size)
+
+
+class DepthwiseTransposedConv2d(_DepthwiseTransposed, nn.ConvTranspose2d):
+    """2D stride-2 transposed depthwise convolution; see :class:`_TransposedDepthwiseGrad`."""
+
+
+class DepthwiseTransposedConv3d(_DepthwiseTransposed, nn.ConvTranspose3d):
+    """3D stride-2 transposed depthwise convolution; see :class:`_TransposedDepthwiseGrad`."""
 
 
 class ChannelsFirstLayerNorm(nn.Module):
@@ -227,6 +293,67 @@ class _PerChannelNorm(torch.autograd.Function):
         return grad_x, sum_g_xhat.sum(0).view(c), sum_g.sum(0).view(c), None
 
 
+def _one_2d_image(x: torch.Tensor) -> bool:
+    return x.ndim == 4 and x.shape[0] == 1
+
+
+class _NormPointwise(torch.autograd.Function):
+    """Per-channel GroupNorm followed by a 1x1 conv, as one matrix product of the centred input.
+
+    Why: the norm's scale folds into the 1x1 conv's weight and its shift into the bias,
+    ``W (c * rstd * gamma + beta) + b = (W * rstd * gamma) c + (W beta + b)`` with ``c`` the centred
+    input, so the normalised tensor is never written, and the norm's backward reductions fall out of
+    the matrix products the conv's backward does anyway (the sum of grad-output and the weight
+    gradient). The norm costs two memory passes forward and one backward instead of about ten.
+    Channels-last CPU tensors only; the statistics are the two-pass ones of :class:`_PerChannelNorm`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps, weight, bias):
+        n, c = x.shape[:2]
+        rows = x.movedim(1, -1).reshape(n, -1, c)  # a view: channels-last keeps channels innermost
+        m = rows.shape[1]
+        centred = rows - rows.sum(1, keepdim=True) / m
+        rstd = torch.rsqrt((centred * centred).sum(1, keepdim=True) / m + eps)
+        w = weight.flatten(1)
+        w_n = w * (rstd * gamma)  # [n, out, c]: the norm's per-sample scale, folded in
+        ctx.save_for_backward(centred, rstd, gamma, beta, w, w_n)
+        bias = bias + w @ beta
+        if _one_2d_image(x):  # oneDNN's NHWC 1x1 conv: bias fused, 1.0-1.3x the matrix product's speed
+            centred_nhwc = centred.view(n, *x.shape[2:], c).movedim(-1, 1)
+            return F.conv2d(centred_nhwc, w_n[0, :, :, None, None], bias)
+        out = torch.baddbmm(bias, centred, w_n.transpose(1, 2))
+        return out.view(n, *x.shape[2:], -1).movedim(-1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, rstd, gamma, beta, w, w_n = ctx.saved_tensors
+        n, m, c = centred.shape
+        if _one_2d_image(grad):
+            centred_nhwc = centred.view(n, *grad.shape[2:], c).movedim(-1, 1)
+            grad_x, g_w_n, g_sum = torch.ops.aten.convolution_backward(
+                grad, centred_nhwc, w_n[0, :, :, None, None], [w_n.shape[1]], [1, 1], [0, 0], [1, 1], False,
+                [0, 0], 1, [True, True, True],
+            )
+            grad_x, g_w_n, g_sum = grad_x.movedim(1, -1).reshape(n, m, c), g_w_n.view(1, -1, c), g_sum[None]
+        else:
+            g = grad.movedim(1, -1).reshape(n, m, -1)
+            grad_x = torch.bmm(g, w_n)
+            g_w_n = torch.bmm(g.transpose(1, 2), centred)  # [n, out, c]: gradient of the folded weight
+            g_sum = g.sum(1)  # [n, out]
+        scale = rstd * gamma  # [n, 1, c]
+        grad_weight = (g_w_n * scale).sum(0) + g_sum.sum(0)[:, None] * beta
+        grad_scale = (g_w_n * w).sum(1, keepdim=True)  # [n, 1, c]
+        grad_gamma = (grad_scale * rstd).sum((0, 1))
+        grad_beta = g_sum.sum(0) @ w
+        # x = centred + mean: grad_x = d/dc - its mean over voxels, with rstd's dependence on c
+        shift = torch.bmm(g_sum[:, None], w_n) / m
+        grad_x.addcmul_(centred, grad_scale * gamma * rstd.pow(3) / m, value=-1).sub_(shift)
+        grad_x = grad_x.view(n, *grad.shape[2:], c).movedim(-1, 1)
+        grad_weight = grad_weight.view(-1, c, *(1,) * (grad.ndim - 2))
+        return grad_x, grad_gamma, grad_beta, None, grad_weight, g_sum.sum(0)
+
+
 class PerChannelGroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` with one group per channel that runs :class:`_PerChannelNorm` on channels-last
     float CPU tensors and PyTorch's kernel otherwise. Parameters and state-dict keys are GroupNorm's."""
@@ -239,6 +366,14 @@ class PerChannelGroupNorm(nn.GroupNorm):
                 and x.is_contiguous(memory_format=channels_last_format(x.ndim - 2))):
             return _PerChannelNorm.apply(x, self.weight, self.bias, self.eps)
         return super().forward(x)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether forward hooks (the module's own or global ones) expect to see ``module`` run."""
+    from torch.nn.modules import module as module_mod
+
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -288,6 +423,8 @@ class MedNeXtBlock(nn.Module):
         depthwise = conv_op(spatial_dims, self.depthwise_transposed)  # validates spatial_dims
         if self.depthwise_stride == 1 and not self.depthwise_transposed:
             depthwise = DepthwiseConv2d if spatial_dims == 2 else DepthwiseConv3d
+        elif self.depthwise_stride == 2 and self.depthwise_transposed:
+            depthwise = DepthwiseTransposedConv2d if spatial_dims == 2 else DepthwiseTransposedConv3d
         hidden = expansion_ratio * in_channels
         self.spatial_dims = spatial_dims
         self.conv1 = depthwise(
@@ -308,7 +445,21 @@ class MedNeXtBlock(nn.Module):
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         """The block without its residual path."""
-        return self.conv3(self.grn(self.act(self.conv2(self.norm(self.conv1(x))))))
+        x = self.conv1(x)
+        if self._fused_norm_applies(x):
+            norm, conv = self.norm, self.conv2
+            x = _NormPointwise.apply(x, norm.weight, norm.bias, norm.eps, conv.weight, conv.bias)
+        else:
+            x = self.conv2(self.norm(x))
+        return self.conv3(self.grn(self.act(x)))
+
+    def _fused_norm_applies(self, x: torch.Tensor) -> bool:
+        """Whether norm + expansion can run as :class:`_NormPointwise`: a per-channel GroupNorm on a
+        channels-last float CPU tensor outside autocast, with no hooks that would miss the two modules."""
+        return (isinstance(self.norm, PerChannelGroupNorm) and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+                and x.is_contiguous(memory_format=channels_last_format(self.spatial_dims))
+                and not any(_has_hooks(m) for m in (self.norm, self.conv2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
@@ -356,7 +507,26 @@ class MedNeXtUpBlock(MedNeXtBlock):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._pad_start(self.branch(x))
-        return y if self.res_conv is None else y + self._pad_start(self.res_conv(x))
+        if self.res_conv is None:
+            return y
+        if x.stride(1) == 1 and x.shape[1] > 1:  # channels-last: see _add_residual
+            return self._add_residual(y, x)
+        return y + self._pad_start(self.res_conv(x))
+
+    def _add_residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Add the stride-2 1x1 transposed conv of ``x`` to ``y`` in place, as a matrix product.
+
+        The transposed 1x1 conv writes ``x @ W`` at every second voxel and its bias everywhere else;
+        with the start padding, the products land at odd indices and the bias on all but the first
+        index of every axis. PyTorch's CPU kernel for it took 14 ms (forward) for 64 -> 32 channels
+        at 128^2 -> 255^2; the product takes well under one.
+        """
+        d = self.spatial_dims
+        weight, bias = self.res_conv.weight, self.res_conv.bias
+        product = F.linear(x.movedim(1, -1), weight.flatten(1).t()).movedim(-1, 1)
+        y[(...,) + (slice(1, None),) * d] += bias.view((1, -1) + (1,) * d)
+        y[(...,) + (slice(1, None, 2),) * d] += product
+        return y
 
 
 class Head(nn.Module):

@@ -5,19 +5,25 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mednext_lite import MedNeXt, MedNeXtConfig
 from mednext_lite.blocks import (
     DepthwiseConv2d,
     DepthwiseConv3d,
+    DepthwiseTransposedConv2d,
+    DepthwiseTransposedConv3d,
     MedNeXtBlock,
+    MedNeXtUpBlock,
     PerChannelGroupNorm,
     PointwiseConv2d,
     PointwiseConv3d,
     _depthwise_weight_grad_2d,
     _DepthwiseGrad,
+    _NormPointwise,
     _PerChannelNorm,
+    _TransposedDepthwiseGrad,
     make_norm,
     pointwise_conv,
 )
@@ -135,16 +141,107 @@ def test_depthwise_conv_matches_pytorch_in_channels_last(spatial_dims, k):
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 7, 9])
-def test_2d_depthwise_weight_gradient_in_strips_equals_the_direct_one(k):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_2d_depthwise_weight_gradient_in_strips_equals_the_direct_one(k, stride):
     # k x 3 strips cover k x k exactly for k = 3, 9 and overhang by 1-2 columns for 5 and 7
     torch.manual_seed(0)
     x = torch.randn(2, 3, 11, 13, dtype=torch.double).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(2, 3, 11, 13, dtype=torch.double).contiguous(memory_format=torch.channels_last)
     w = torch.randn(3, 1, k, k, dtype=torch.double, requires_grad=True)
-    direct = torch.autograd.grad((nn.functional.conv2d(x, w, padding=k // 2, groups=3) * grad).sum(), w)[0]
-    strips = _depthwise_weight_grad_2d(grad, x, k)
+    y = nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=3)
+    grad = torch.randn_like(y).contiguous(memory_format=torch.channels_last)
+    direct = torch.autograd.grad((y * grad).sum(), w)[0]
+    strips = _depthwise_weight_grad_2d(grad, x, k, stride=stride)
     assert strips.shape == (3, 1, k, k)
     torch.testing.assert_close(strips, direct, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spatial_dims,k", [(2, 3), (2, 5), (2, 7), (3, 3), (3, 5)])
+def test_transposed_depthwise_conv_is_pytorchs_in_channels_last(spatial_dims, k):
+    torch.manual_seed(0)
+    fmt = channels_last_format(spatial_dims)
+    # finite differences, in float64, through the hand-written backward
+    x64 = torch.randn(2, 2, *([3] * spatial_dims), dtype=torch.double).contiguous(memory_format=fmt)
+    w64 = torch.randn(2, 1, *([k] * spatial_dims), dtype=torch.double)
+    b64 = torch.randn(2, dtype=torch.double)
+    assert torch.autograd.gradcheck(lambda a, w, b: _TransposedDepthwiseGrad.apply(a, w, b, k // 2),
+                                    tuple(t.requires_grad_(True) for t in (x64, w64, b64)))
+    cls = DepthwiseTransposedConv2d if spatial_dims == 2 else DepthwiseTransposedConv3d
+    conv = cls(6, 6, k, stride=2, padding=k // 2, groups=6)
+    plain = getattr(nn, f"ConvTranspose{spatial_dims}d")(6, 6, k, stride=2, padding=k // 2, groups=6)
+    plain.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 6, *([7] * spatial_dims)).contiguous(memory_format=fmt).requires_grad_(True)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y, y_ref = conv(x), plain(x_ref)
+    assert y.shape == y_ref.shape == (2, 6, *([13] * spatial_dims)) and y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, y_ref)
+    noise = torch.randn_like(y_ref)
+    grads = torch.autograd.grad((y * noise).sum(), (x, conv.weight, conv.bias))
+    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
+    assert torch.equal(conv(x_ref), plain(x_ref))  # channels-first: PyTorch's kernel itself
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_up_block_residual_as_a_product_is_the_transposed_1x1_conv(spatial_dims):
+    torch.manual_seed(0)
+    block = MedNeXtUpBlock(8, spatial_dims=spatial_dims, kernel_size=3, expansion_ratio=2)
+    with torch.no_grad():
+        block.res_conv.bias.uniform_(-1, 1)  # the bias lands on all but the first index of each axis
+    x_ref = torch.randn(2, 8, *([5] * spatial_dims), requires_grad=True)
+    x = x_ref.detach().contiguous(memory_format=channels_last_format(spatial_dims)).requires_grad_(True)
+    y_ref, y = block(x_ref), block(x)
+    assert y.shape == (2, 4, *([10] * spatial_dims))
+    torch.testing.assert_close(y, y_ref)
+    noise = torch.randn_like(y_ref)
+    params = [block.res_conv.weight, block.res_conv.bias]
+    grads = torch.autograd.grad((y * noise).sum(), [x, *params])
+    grads_ref = torch.autograd.grad((y_ref * noise).sum(), [x_ref, *params])
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
+
+
+@pytest.mark.parametrize("spatial_dims,batch", [(2, 1), (2, 2), (3, 1), (3, 2)])
+def test_norm_folded_into_the_expansion_is_groupnorm_then_conv(spatial_dims, batch):
+    # one 2D image runs oneDNN's 1x1 conv, everything else batched matrix products: both are checked
+    torch.manual_seed(0)
+    fmt = channels_last_format(spatial_dims)
+    conv = getattr(F, f"conv{spatial_dims}d")
+    shape = (batch, 3, *([4] * spatial_dims))
+    x64 = (torch.randn(shape, dtype=torch.double) * 3 + 50).contiguous(memory_format=fmt)  # offset mean
+    params = [torch.rand(3, dtype=torch.double) + 0.5, torch.randn(3, dtype=torch.double),
+              torch.randn(5, 3, *([1] * spatial_dims), dtype=torch.double), torch.randn(5, dtype=torch.double)]
+    inputs = [x64, *params]
+    for t in inputs:
+        t.requires_grad_(True)
+
+    def fused(x, gamma, beta, w, b):
+        return _NormPointwise.apply(x, gamma, beta, 1e-5, w, b)
+
+    def reference(x, gamma, beta, w, b):
+        return conv(F.group_norm(x.contiguous(), 3, gamma, beta, 1e-5), w, b)
+
+    y = fused(*inputs)
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, reference(*inputs), rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(fused, inputs)
+
+
+def test_blocks_fold_the_norm_only_when_nothing_watches_it():
+    torch.manual_seed(0)
+    block = MedNeXtBlock(4, spatial_dims=2, expansion_ratio=2)
+    x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert block._fused_norm_applies(x)
+    assert not block._fused_norm_applies(x.contiguous())  # channels-first: PyTorch's GroupNorm
+    assert not MedNeXtBlock(4, spatial_dims=2, norm="layer")._fused_norm_applies(x)
+    fused = block(x)
+    seen = []
+    handle = block.norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    assert not block._fused_norm_applies(x)
+    torch.testing.assert_close(block(x), fused)  # the hook sees the norm run, the output is the same
+    assert seen == [(1, 4, 8, 8)]
+    handle.remove()
+    assert block._fused_norm_applies(x)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -180,7 +277,8 @@ def test_blocks_use_the_fast_depthwise_conv_only_where_it_applies():
     assert type(MedNeXtBlock(4, spatial_dims=3).conv1) is DepthwiseConv3d
     assert type(MedNeXtBlock(4, spatial_dims=2).conv1) is DepthwiseConv2d
     model = MedNeXt(tiny(3))
-    assert type(model.downs[0].conv1) is nn.Conv3d and type(model.ups[0].conv1) is nn.ConvTranspose3d
+    assert type(model.downs[0].conv1) is nn.Conv3d  # PyTorch's strided kernel is fast in both directions
+    assert type(model.ups[0].conv1) is DepthwiseTransposedConv3d and isinstance(model.ups[0].conv1, nn.ConvTranspose3d)
 
 
 def test_memory_format_choices_and_errors():
