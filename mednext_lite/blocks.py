@@ -44,7 +44,7 @@ class _Pointwise:
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.stride(1) == 1 and x.shape[1] > 1:  # channels innermost: channels-last
+        if x.stride(1) == 1:  # channels innermost: channels-last (one channel: see perf.as_memory_format)
             step = self.stride[0]
             if step == 1 and x.ndim == 4:  # 2D: oneDNN's NHWC 1x1 conv keeps NHWC; 0.85-1.44x F.linear's speed
                 return super().forward(x)
@@ -385,6 +385,33 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise ValueError(f"norm={norm!r} is not supported: use one of {NORMS}")
 
 
+class _PaddedSum(torch.autograd.Function):
+    """``pad_start(branch) + pad_start(stuffed product + bias)`` for the up block, in one output buffer.
+
+    The branch and the bias are written into the padded buffer in one pass (``torch.add`` into its
+    interior), the products added at odd indices; backward hands out views of grad-output instead
+    of the copies that padding and in-place updates of views cost under autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, branch: torch.Tensor, product: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        n, c, *spatial = branch.shape
+        dims = len(spatial)
+        out = branch.new_empty((n, *(s + 1 for s in spatial), c)).movedim(-1, 1)
+        for axis in range(2, 2 + dims):
+            out.narrow(axis, 0, 1).zero_()
+        torch.add(branch, bias.view((1, c) + (1,) * dims), out=out[(...,) + (slice(1, None),) * dims])
+        out[(...,) + (slice(1, None, 2),) * dims] += product
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        dims = grad.ndim - 2
+        grad_branch = grad[(...,) + (slice(1, None),) * dims].contiguous(memory_format=channels_last_format(dims))
+        grad_product = grad[(...,) + (slice(1, None, 2),) * dims]
+        return grad_branch, grad_product, grad_branch.sum(dim=(0, *range(2, grad.ndim)))
+
+
 class MedNeXtBlock(nn.Module):
     """One MedNeXt block: depthwise conv -> norm -> 1x1 expand -> GELU -> [GRN] -> 1x1 compress.
 
@@ -506,27 +533,22 @@ class MedNeXtUpBlock(MedNeXtBlock):
         return F.pad(x, (1, 0) * self.spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._pad_start(self.branch(x))
-        if self.res_conv is None:
-            return y
-        if x.stride(1) == 1 and x.shape[1] > 1:  # channels-last: see _add_residual
+        y = self.branch(x)
+        if self.res_conv is not None and x.stride(1) == 1 and x.shape[1] > 1:  # channels-last
             return self._add_residual(y, x)
-        return y + self._pad_start(self.res_conv(x))
+        y = self._pad_start(y)
+        return y if self.res_conv is None else y + self._pad_start(self.res_conv(x))
 
     def _add_residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Add the stride-2 1x1 transposed conv of ``x`` to ``y`` in place, as a matrix product.
+        """``y`` plus the padded stride-2 1x1 transposed conv of ``x``, with that conv as a matrix product.
 
         The transposed 1x1 conv writes ``x @ W`` at every second voxel and its bias everywhere else;
-        with the start padding, the products land at odd indices and the bias on all but the first
+        after the start padding, the products sit at odd indices and the bias on all but the first
         index of every axis. PyTorch's CPU kernel for it took 14 ms (forward) for 64 -> 32 channels
         at 128^2 -> 255^2; the product takes well under one.
         """
-        d = self.spatial_dims
-        weight, bias = self.res_conv.weight, self.res_conv.bias
-        product = F.linear(x.movedim(1, -1), weight.flatten(1).t()).movedim(-1, 1)
-        y[(...,) + (slice(1, None),) * d] += bias.view((1, -1) + (1,) * d)
-        y[(...,) + (slice(1, None, 2),) * d] += product
-        return y
+        product = F.linear(x.movedim(1, -1), self.res_conv.weight.flatten(1).t()).movedim(-1, 1)
+        return _PaddedSum.apply(y, product, self.res_conv.bias)
 
 
 class Head(nn.Module):

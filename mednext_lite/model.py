@@ -26,7 +26,7 @@ from .blocks import (
     MedNeXtUpBlock,
     pointwise_conv,
 )
-from .perf import MEMORY_FORMATS, resolve_memory_format
+from .perf import MEMORY_FORMATS, as_memory_format, resolve_memory_format
 
 LEVELS = 4
 NUM_STAGES = 2 * LEVELS + 1
@@ -268,7 +268,8 @@ class MedNeXt(nn.Module):
         # Every later layer keeps the layout it is given, so choosing it once here puts the whole
         # network on the fast path (channels-last on CPU; the measured speed-up is in README "Performance").
         layout = resolve_memory_format(self.memory_format, x.device, self.config.spatial_dims)
-        x = self.stem(x).contiguous(memory_format=layout)
+        # The input changes layout, not the stem's wider output: the stem then writes that layout itself.
+        x = self.stem(as_memory_format(x, layout)).contiguous(memory_format=layout)
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = self._stage(encoder, x)

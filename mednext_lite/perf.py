@@ -58,6 +58,20 @@ def resolve_memory_format(preference: str, device: str | torch.device, spatial_d
     raise ValueError(f"memory_format={preference!r} is not one of {MEMORY_FORMATS}: pick one of those")
 
 
+def as_memory_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``x.contiguous(memory_format=...)``, where a one-channel tensor also gets channels-last strides.
+
+    Why: PyTorch leaves a one-channel tensor's strides channels-first (both layouts hold its numbers
+    in the same order), so a conv on it returns channels-first and its 32-channel output then costs a
+    copy into channels-last, forward and backward. With explicit channels-last strides (the same
+    memory, no copy) the conv writes channels-last itself.
+    """
+    x = x.contiguous(memory_format=memory_format)
+    if x.shape[1] == 1 and memory_format in (torch.channels_last, torch.channels_last_3d) and x.stride(1) != 1:
+        x = x.as_strided(x.shape, (x.stride(0), 1, *x.stride()[2:]))
+    return x
+
+
 def to_channels_last(model: nn.Module) -> nn.Module:
     """Store every conv weight channels-last and make a MedNeXt run channels-last on any device.
 

@@ -28,6 +28,7 @@ from mednext_lite.blocks import (
     pointwise_conv,
 )
 from mednext_lite.perf import (
+    as_memory_format,
     channels_last_format,
     fastest_settings,
     keep_freed_memory,
@@ -79,6 +80,20 @@ def test_auto_layout_is_channels_last_on_cpu_and_features_stay_there():
     assert all(f.is_contiguous(memory_format=torch.channels_last_3d) for f in features)
     features = model.set_memory_format("contiguous").forward_features(torch.randn(1, 2, 32, 32, 32))
     assert all(f.is_contiguous() for f in features)
+
+
+def test_a_one_channel_input_reaches_the_stem_in_channels_last_strides():
+    # same memory, so no copy; the stem then writes channels-last itself instead of being copied over
+    x = torch.randn(2, 1, 4, 4)
+    cl = as_memory_format(x, torch.channels_last)
+    assert cl.data_ptr() == x.data_ptr() and cl.stride() == (16, 1, 4, 1) and torch.equal(cl, x)
+    assert as_memory_format(x, torch.contiguous_format) is x
+    assert as_memory_format(torch.randn(2, 3, 4, 4), torch.channels_last).is_contiguous(memory_format=torch.channels_last)
+    model = MedNeXt(tiny(3, in_channels=1)).eval()
+    stem_out = []
+    model.stem.register_forward_hook(lambda m, i, o: stem_out.append(o))
+    model(torch.randn(1, 1, 32, 32, 32))
+    assert stem_out[0].is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_checkpointing_in_channels_last_gives_identical_gradients():
