@@ -9,6 +9,12 @@ and printing medians in milliseconds:
 * ``wgrad``: the 2D depthwise weight gradient on NHWC tensors, one k x k oneDNN call against
   ``_depthwise_weight_grad_2d``'s k x 3 strips.
 * ``pointwise``: a 2D 1x1 conv forward + backward on NHWC tensors, oneDNN's conv against ``F.linear``.
+* ``transposed``: the up blocks' stride-2 transposed depthwise conv, forward + backward on
+  channels-last tensors: PyTorch's kernel against ``DepthwiseTransposedConv2d/3d``, with the max
+  |difference| of the outputs.
+* ``normconv``: per-channel GroupNorm then the 1x1 expansion, forward + backward: PyTorch's
+  GroupNorm and conv on a channels-first copy, our ``PerChannelGroupNorm`` then the conv on the
+  channels-last tensor, and the folded ``_NormPointwise``; each one's max |error| against float64.
 * ``adamw``: one AdamW step over MedNeXt-S's parameters (deep supervision on, the trainer's
   hyper-parameters): PyTorch's per-tensor loop, its ``foreach`` kernels and its ``fused`` kernel,
   and the fused kernel's largest difference from the loop after five steps.
@@ -27,7 +33,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mednext_lite.blocks import PerChannelGroupNorm, _depthwise_weight_grad_2d
+from mednext_lite.blocks import (
+    DepthwiseTransposedConv2d,
+    DepthwiseTransposedConv3d,
+    PerChannelGroupNorm,
+    _depthwise_weight_grad_2d,
+    _NormPointwise,
+    pointwise_conv,
+)
 from mednext_lite.perf import channels_last_format
 
 
@@ -53,9 +66,10 @@ def bench_norm(repeats: int) -> None:
         norm_row(shape, repeats)
 
 
-def _norm_step(norm: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+def _step(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Forward ``x`` through ``fn`` and backward ``grad``; the output, detached."""
     x = x.detach().requires_grad_(True)
-    out = norm(x)
+    out = fn(x)
     out.backward(grad)
     return out.detach()
 
@@ -72,9 +86,9 @@ def norm_row(shape: tuple[int, ...], repeats: int) -> None:
     x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=fmt)  # an offset mean, as after a conv
     grad = torch.randn(shape).contiguous(memory_format=fmt)
     ways = {"nhwc": (theirs, x, grad), "ours": (ours, x, grad), "nchw": (theirs, x.contiguous(), grad.contiguous())}
-    ms = medians({k: (lambda a=a: _norm_step(*a)) for k, a in ways.items()}, repeats)
+    ms = medians({k: (lambda a=a: _step(*a)) for k, a in ways.items()}, repeats)
     y64 = truth(x.double()).detach()
-    err = {k: float((_norm_step(*a).double() - y64).abs().max()) for k, a in ways.items()}
+    err = {k: float((_step(*a).double() - y64).abs().max()) for k, a in ways.items()}
     print(f"| {'x'.join(map(str, shape))} | {ms['nhwc']:.1f} | {ms['ours']:.1f} | {ms['nchw']:.1f} "
           f"| {err['nhwc']:.1e} | {err['ours']:.1e} | {err['nchw']:.1e} |", flush=True)
 
@@ -115,6 +129,64 @@ def pointwise_row(c: int, size: int, out: int, repeats: int) -> None:
           f"| {ms['linear'] / ms['conv']:.2f}x |", flush=True)
 
 
+def bench_transposed(repeats: int) -> None:
+    print("\n## Up block's transposed depthwise conv (stride 2), channels-last, forward + backward (ms)")
+    print("| input -> output | k | PyTorch | ours | speed-up | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for c, size, dims in ((64, 128, 2), (128, 64, 2), (64, 32, 3)):
+        for k in (3, 5):
+            torch.manual_seed(0)
+            cls = DepthwiseTransposedConv2d if dims == 2 else DepthwiseTransposedConv3d
+            ours = cls(c, c, k, stride=2, padding=k // 2, groups=c)
+            theirs = getattr(torch.nn, f"ConvTranspose{dims}d")(c, c, k, stride=2, padding=k // 2, groups=c)
+            theirs.load_state_dict(ours.state_dict())
+            x = torch.randn(1, c, *(size,) * dims).contiguous(memory_format=channels_last_format(dims))
+            grad = torch.randn(1, c, *(2 * size - 1,) * dims).contiguous(memory_format=channels_last_format(dims))
+            ms = medians({"theirs": lambda m=theirs, x=x, g=grad: _step(m, x, g),
+                          "ours": lambda m=ours, x=x, g=grad: _step(m, x, g)}, repeats)
+            diff = float((_step(ours, x, grad) - _step(theirs, x, grad)).abs().max())
+            print(f"| {c} x {size}^{dims} -> {2 * size - 1}^{dims} | {k} | {ms['theirs']:.1f} | {ms['ours']:.1f} "
+                  f"| {ms['theirs'] / ms['ours']:.2f}x | {diff:.1e} |", flush=True)
+
+
+def bench_normconv(repeats: int) -> None:
+    print("\n## Per-channel GroupNorm then the 1x1 expansion (C -> 2C), forward + backward (ms); "
+          "max |output error| vs float64")
+    print("| input | PyTorch NCHW | ours norm then conv, NHWC | folded, NHWC | folded vs NCHW | error NCHW "
+          "| error folded |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in ((1, 32, 256, 256), (1, 64, 128, 128), (1, 256, 32, 32), (1, 32, 64, 64, 64), (2, 64, 32, 32, 32)):
+        normconv_row(shape, repeats)
+
+
+def normconv_row(shape: tuple[int, ...], repeats: int) -> None:
+    torch.manual_seed(0)
+    c, dims = shape[1], len(shape) - 2
+    fmt = channels_last_format(dims)
+    norm, conv = PerChannelGroupNorm(c), pointwise_conv(dims, c, 2 * c)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-1, 1)
+    conv_fn = getattr(F, f"conv{dims}d")
+    x = (torch.randn(shape) * 3 + 5).contiguous(memory_format=fmt)  # an offset mean, as after a conv
+    grad = torch.randn(shape[0], 2 * c, *shape[2:]).contiguous(memory_format=fmt)
+
+    def nchw(t: torch.Tensor) -> torch.Tensor:
+        return conv_fn(F.group_norm(t, c, norm.weight, norm.bias, norm.eps), conv.weight, conv.bias)
+
+    def folded(t: torch.Tensor) -> torch.Tensor:
+        return _NormPointwise.apply(t, norm.weight, norm.bias, norm.eps, conv.weight, conv.bias)
+
+    ways = {"nchw": (nchw, x.contiguous(), grad.contiguous()), "separate": (lambda t: conv(norm(t)), x, grad),
+            "folded": (folded, x, grad)}
+    ms = medians({k: (lambda a=a: _step(*a)) for k, a in ways.items()}, repeats)
+    with torch.no_grad():
+        y64 = conv_fn(F.group_norm(x.double(), c, norm.weight.double(), norm.bias.double(), norm.eps),
+                      conv.weight.double(), conv.bias.double())
+    err = {k: float((_step(*ways[k]).double() - y64).abs().max()) for k in ("nchw", "folded")}
+    print(f"| {'x'.join(map(str, shape))} | {ms['nchw']:.1f} | {ms['separate']:.1f} | {ms['folded']:.1f} "
+          f"| {ms['nchw'] / ms['folded']:.2f}x | {err['nchw']:.1e} | {err['folded']:.1e} |", flush=True)
+
+
 def bench_adamw(repeats: int) -> None:
     from mednext_lite import create_mednext
 
@@ -142,13 +214,14 @@ def bench_adamw(repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--only", default="norm,wgrad,pointwise,adamw",
-                   help="comma-separated subset of norm, wgrad, pointwise, adamw")
+    p.add_argument("--only", default="norm,wgrad,pointwise,transposed,normconv,adamw",
+                   help="comma-separated subset of norm, wgrad, pointwise, transposed, normconv, adamw")
     p.add_argument("--repeats", type=int, default=11)
     args = p.parse_args(argv)
     print(f"# mednext_lite op benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} alternating runs")
-    sections = {"norm": bench_norm, "wgrad": bench_wgrad, "pointwise": bench_pointwise, "adamw": bench_adamw}
+    sections = {"norm": bench_norm, "wgrad": bench_wgrad, "pointwise": bench_pointwise,
+                "transposed": bench_transposed, "normconv": bench_normconv, "adamw": bench_adamw}
     for name in args.only.split(","):
         sections[name.strip()](args.repeats)
     return 0

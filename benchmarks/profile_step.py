@@ -22,14 +22,15 @@ from bench_model import _build  # the same networks, MONAI's weights copied into
 
 CONV_OPS = {"aten::convolution_backward", "aten::mkldnn_convolution", "aten::_convolution", "aten::convolution",
             "aten::slow_conv_transpose2d", "aten::slow_conv_transpose3d", "aten::thnn_conv2d", "aten::mm",
-            "aten::addmm"}
+            "aten::addmm", "aten::bmm", "aten::baddbmm"}
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"}
 BINS = ("1x1 conv (GEMM)", "other conv", "everything else")
 
 
 def bin_of(event) -> str:
     if event.key not in CONV_OPS:
         return BINS[2]
-    if event.key in ("aten::mm", "aten::addmm"):  # our channels-last 1x1 convs run as F.linear
+    if event.key in GEMM_OPS:  # our channels-last 1x1 convs (3D, or with the norm folded in) as matrix products
         return BINS[0]
     weight = next((s for s in event.input_shapes if len(s) in (4, 5) and s[2:] and all(d == 1 for d in s[2:])), None)
     return BINS[0] if weight is not None and weight[0] > 1 and weight[1] > 1 else BINS[1]

@@ -63,6 +63,19 @@ def test_op_benchmark_backs_the_exactness_claims():
     assert len(adamw) == 2 and all(float(row[-1]) < 1e-6 for row in adamw), adamw
 
 
+def test_op_benchmark_backs_the_up_block_and_folded_norm_claims():
+    # blocks.py says the hand-written transposed conv is PyTorch's maths and the folded norm is as
+    # exact as PyTorch's channels-first GroupNorm + conv: the benchmark checks both as it times them
+    out = run("bench_ops.py", "--only", "transposed,normconv", "--repeats", "1")
+    transposed = [line.split("|")[1:-1] for line in out.splitlines() if "->" in line and line.startswith("| ")]
+    assert len(transposed) == 6 and all(float(row[-1]) < 1e-4 for row in transposed), transposed
+    folded = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| [12]x\d+x", line)]
+    assert len(folded) == 5
+    for row in folded:
+        err_nchw, err_folded = float(row[-2]), float(row[-1])
+        assert err_folded < 1e-4 and err_folded < 4 * err_nchw, row
+
+
 def test_gpu_code_path_script_dry_runs_on_cpu(tmp_path):
     # benchmarks/gpu_paths.sh (torchrun training, resume, predict, evaluate) end to end on the CPU
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "AMP": "off", "PATCH": "32",
