@@ -8,6 +8,7 @@ shows how much of a step any rewrite of the rest could win back:
 
     python benchmarks/profile_step.py --dims 2 --size 256      # the 2D step of the benchmark
     python benchmarks/profile_step.py --dims 3 --size 64 --kernels 3
+    python benchmarks/profile_step.py --dims 2 --size 256 --top 12   # and the heaviest ops by name
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def bin_of(event) -> str:
     return BINS[0] if weight is not None and weight[0] > 1 and weight[1] > 1 else BINS[1]
 
 
-def profile(model: torch.nn.Module, dims: int, size: int, repeats: int) -> dict[str, float]:
+def profile(model: torch.nn.Module, dims: int, size: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per bin, and per op name (self time), over ``repeats`` profiled steps."""
     x = torch.randn(1, 1, *(size,) * dims)
     y = torch.randint(0, 3, (1, *(size,) * dims))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -48,15 +50,19 @@ def profile(model: torch.nn.Module, dims: int, size: int, repeats: int) -> dict[
 
     for _ in range(2):
         step()
-    runs = []
+    runs, per_op = [], []
     for _ in range(repeats):
         with torch.profiler.profile(record_shapes=True) as prof:
             step()
-        bins = dict.fromkeys(BINS, 0.0)
+        bins, ops = dict.fromkeys(BINS, 0.0), {}
         for event in prof.key_averages(group_by_input_shape=True):
             bins[bin_of(event)] += event.self_cpu_time_total / 1e6
+            ops[event.key] = ops.get(event.key, 0.0) + event.self_cpu_time_total / 1e6
         runs.append(bins)
-    return {b: statistics.median(r[b] for r in runs) for b in BINS}
+        per_op.append(ops)
+    names = set().union(*per_op)
+    return ({b: statistics.median(r[b] for r in runs) for b in BINS},
+            {n: statistics.median(r.get(n, 0.0) for r in per_op) for n in names})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,18 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--kernels", type=int, nargs="+", default=[3, 5])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--top", type=int, default=0, help="also list the N ops with the most self time, per network")
     args = p.parse_args(argv)
     print(f"# one S training step, {'x'.join([str(args.size)] * args.dims)}, batch 1, float32, "
           f"{torch.get_num_threads()} threads; seconds of op time (profiled, median of {args.repeats})")
     print("| k | network | " + " | ".join(BINS) + " | total |")
     print("|---|---|" + "---|" * (len(BINS) + 1))
+    tops = {}
     for k in args.kernels:
         for impl in ("monai", "ours"):
             spec = {"impl": impl, "variant": "S", "dims": args.dims, "k": k, "classes": 3}
-            bins = profile(_build(spec), args.dims, args.size, args.repeats)
+            bins, ops = profile(_build(spec), args.dims, args.size, args.repeats)
             total = sum(bins.values())
             cells = " | ".join(f"{bins[b]:.3f} ({100 * bins[b] / total:.0f}%)" for b in BINS)
-            print(f"| {k} | {'MONAI' if impl == 'monai' else 'ours'} | {cells} | {total:.3f} |", flush=True)
+            name = "MONAI" if impl == "monai" else "ours"
+            print(f"| {k} | {name} | {cells} | {total:.3f} |", flush=True)
+            tops[(k, name)] = ops
+    for (k, name), ops in tops.items() if args.top else ():
+        print(f"\n## k{k}, {name}: the {args.top} ops with the most self time (s)")
+        print("| op | s |\n|---|---|")
+        for op, sec in sorted(ops.items(), key=lambda item: -item[1])[:args.top]:
+            print(f"| {op} | {sec:.4f} |")
     return 0
 
 

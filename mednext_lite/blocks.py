@@ -165,11 +165,13 @@ class DepthwiseConv3d(_Depthwise, nn.Conv3d):
 class _TransposedDepthwiseGrad(torch.autograd.Function):
     """Stride-2 transposed depthwise convolution (the up blocks') from stride-1 and stride-2 forward convs.
 
-    Why: PyTorch's CPU transposed depthwise conv is slow in both directions (forward and backward of
-    64 channels, 128^2 -> 255^2, k5: 30 ms; 3D, 32^3 -> 63^3, k3: 200 ms). The same maths: forward is
-    a stride-1 depthwise conv of the zero-stuffed input with the flipped kernel; grad-input is the
-    stride-2 depthwise conv of grad-output with the kernel itself; grad-weight is the weight
-    gradient of that stride-2 conv with the input in the role of grad-output.
+    Why: PyTorch's CPU kernel for a transposed depthwise conv is slow in both directions. The same
+    maths from fast kernels: forward is a stride-1 depthwise conv of the zero-stuffed input with the
+    flipped kernel; grad-input is the stride-2 depthwise conv of grad-output with the kernel itself;
+    grad-weight is the weight gradient of that stride-2 conv with the input in the role of
+    grad-output (k x 3 strips in 2D). Forward + backward on channels-last tensors, 2 cores: 1.58-3.05x
+    faster in 2D (64 channels at 128^2, 128 at 64^2; k3 and k5) and 1.37-1.61x in 3D (64 channels,
+    32^3 -> 63^3) over two runs of ``benchmarks/bench_ops.py --only transposed``.
     """
 
     @staticmethod
@@ -294,6 +296,9 @@ class _PerChannelNorm(torch.autograd.Function):
 
 
 def _one_2d_image(x: torch.Tensor) -> bool:
+    """Whether the folded 1x1 conv can be oneDNN's NHWC conv (one 2D image: one weight, bias fused)
+    rather than a batched matrix product (a per-sample weight; in 3D, PyTorch's batch-1 1x1 conv
+    would return channels-first, see :class:`_Pointwise`)."""
     return x.ndim == 4 and x.shape[0] == 1
 
 
@@ -302,10 +307,12 @@ class _NormPointwise(torch.autograd.Function):
 
     Why: the norm's scale folds into the 1x1 conv's weight and its shift into the bias,
     ``W (c * rstd * gamma + beta) + b = (W * rstd * gamma) c + (W beta + b)`` with ``c`` the centred
-    input, so the normalised tensor is never written, and the norm's backward reductions fall out of
-    the matrix products the conv's backward does anyway (the sum of grad-output and the weight
-    gradient). The norm costs two memory passes forward and one backward instead of about ten.
-    Channels-last CPU tensors only; the statistics are the two-pass ones of :class:`_PerChannelNorm`.
+    input, so the normalised tensor is never written or read, and the norm's backward reductions
+    fall out of the matrix products the conv's backward does anyway (the sum of grad-output and the
+    weight gradient); what is left of the norm's backward is one in-place update of grad-input.
+    Channels-last CPU tensors only; the statistics are the two-pass ones of :class:`_PerChannelNorm`,
+    as exact as PyTorch's channels-first GroupNorm + conv (``benchmarks/bench_ops.py --only normconv``
+    prints both errors against float64, and the times).
     """
 
     @staticmethod
@@ -540,12 +547,13 @@ class MedNeXtUpBlock(MedNeXtBlock):
         return y if self.res_conv is None else y + self._pad_start(self.res_conv(x))
 
     def _add_residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``y`` plus the padded stride-2 1x1 transposed conv of ``x``, with that conv as a matrix product.
+        """The padded branch output ``y`` plus the padded stride-2 1x1 transposed conv of ``x``.
 
         The transposed 1x1 conv writes ``x @ W`` at every second voxel and its bias everywhere else;
         after the start padding, the products sit at odd indices and the bias on all but the first
-        index of every axis. PyTorch's CPU kernel for it took 14 ms (forward) for 64 -> 32 channels
-        at 128^2 -> 255^2; the product takes well under one.
+        index of every axis. So the conv is a matrix product over the input's voxels (PyTorch's CPU
+        kernel runs it as a general transposed conv over the output grid), and :class:`_PaddedSum`
+        writes the sum in one buffer.
         """
         product = F.linear(x.movedim(1, -1), self.res_conv.weight.flatten(1).t()).movedim(-1, 1)
         return _PaddedSum.apply(y, product, self.res_conv.bias)

@@ -33,10 +33,10 @@ def preferred_memory_format(device: str | torch.device, spatial_dims: int) -> to
 
     CPU, 3D and 2D: channels-last. 3D: a depthwise conv's forward + backward on 32 channels at 64^3
     measured 4x (k3) and 17x (k5) faster than channels-first on 2 EPYC cores; whole S step 1.8x / 3.5x.
-    2D (256^2): 1.13x (k3) and 1.22x (k5) the speed of MONAI's channels-first step of the same maths
-    (benchmarks/results/cpu_2026-11-27.md), once the norm, the 1x1 convs and the depthwise weight
-    gradient got channels-last versions of their own (see :mod:`mednext_lite.blocks`; before those,
-    channels-last measured 0.87x in 2D). Other devices: the default layout; on one H100,
+    2D (256^2): 1.07-1.27x (k3) and 1.34-1.50x (k5) the speed of MONAI's channels-first step of the
+    same maths over seven runs (benchmarks/results/cpu_2026-11-27_b.md), once the norm, the 1x1
+    convs and the depthwise convs got channels-last versions of their own (see
+    :mod:`mednext_lite.blocks`; before those, channels-last measured 0.87x in 2D). Other devices: the default layout; on one H100,
     channels-last made a bf16 S step 0.85x as fast at k3 and 1.05x at k5 (README, "GPU").
     """
     device = torch.device(device)
@@ -100,8 +100,8 @@ def keep_freed_memory(threshold_bytes: int = 2**30) -> bool:
     33.5 MiB) with a fresh ``mmap`` and returns it on ``free``, so each such tensor pays page faults
     and zero-filling again, many times per training step. Raising glibc's mmap and trim thresholds
     to ``threshold_bytes`` keeps those blocks in the heap for the next step. Measured on a MedNeXt-S
-    k3 64^3 CPU training step (2 cores): 6.18 s -> 2.83 s (``benchmarks/bench_model.py --only alloc``);
-    MONAI's network gains alike (``--keep-freed-memory``; benchmarks/results/cpu_2026-11-27.md). The price: the process
+    k3 64^3 CPU training step (2 cores): 4.87 s -> 2.17 s (``benchmarks/bench_model.py --only alloc``);
+    MONAI's network gains alike (``--keep-freed-memory``; benchmarks/results/cpu_2026-11-27_b.md). The price: the process
     keeps its peak memory after a peak. Process-wide, so call it once, early (the trainer does on
     CPU). Returns ``False`` where the C library has no ``mallopt`` (macOS, musl, Windows).
     """

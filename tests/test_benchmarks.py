@@ -67,13 +67,25 @@ def test_op_benchmark_backs_the_up_block_and_folded_norm_claims():
     # blocks.py says the hand-written transposed conv is PyTorch's maths and the folded norm is as
     # exact as PyTorch's channels-first GroupNorm + conv: the benchmark checks both as it times them
     out = run("bench_ops.py", "--only", "transposed,normconv", "--repeats", "1")
-    transposed = [line.split("|")[1:-1] for line in out.splitlines() if "->" in line and line.startswith("| ")]
+    transposed = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| \d+ x \d+\^[23] -> ", line)]
     assert len(transposed) == 6 and all(float(row[-1]) < 1e-4 for row in transposed), transposed
     folded = [line.split("|")[1:-1] for line in out.splitlines() if re.match(r"\| [12]x\d+x", line)]
     assert len(folded) == 5
     for row in folded:
         err_nchw, err_folded = float(row[-2]), float(row[-1])
         assert err_folded < 1e-4 and err_folded < 4 * err_nchw, row
+
+
+def test_step_profile_bins_every_op_and_names_the_heaviest():
+    out = run("profile_step.py", "--dims", "2", "--size", "32", "--kernels", "3", "--repeats", "1", "--top", "3")
+    rows = {line.split("|")[2].strip(): line.split("|")[3:-1] for line in out.splitlines() if line.startswith("| 3 |")}
+    assert set(rows) == {"MONAI", "ours"}
+    for cells in rows.values():  # three bins that add up to the total, shares to 100%
+        seconds = [float(c.split("(")[0]) for c in cells[:3]]
+        assert abs(sum(seconds) - float(cells[3])) < 2e-3 and all(s >= 0 for s in seconds)
+    tops = out.split("## k3, ")[1:]
+    assert [t.split(":")[0] for t in tops] == ["MONAI", "ours"]
+    assert all(len(re.findall(r"^\| [\w:#. ]+ \| [0-9.]+ \|$", t, re.MULTILINE)) == 3 for t in tops), tops
 
 
 def test_gpu_code_path_script_dry_runs_on_cpu(tmp_path):
