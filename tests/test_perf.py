@@ -53,6 +53,23 @@ def outputs_and_grads(model: MedNeXt, x: torch.Tensor) -> tuple[list[torch.Tenso
     return [o.detach() for o in out], {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def assert_channels_last_matches(ours: nn.Module, plain: nn.Module, x: torch.Tensor, grad_atol: float) -> torch.Tensor:
+    """``ours`` on channels-last ``x`` gives ``plain``'s output on channels-first ``x`` (staying
+    channels-last), and the same gradients for the input, weight and bias; returns the output."""
+    fmt = channels_last_format(x.ndim - 2)
+    x_cl = x.contiguous(memory_format=fmt).requires_grad_(True)
+    x_ref = x.detach().contiguous().requires_grad_(True)
+    y, y_ref = ours(x_cl), plain(x_ref)
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, y_ref)
+    noise = torch.randn_like(y_ref)
+    grads = torch.autograd.grad((y * noise).sum(), (x_cl, ours.weight, ours.bias))
+    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
+    for g, r in zip(grads, grads_ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=grad_atol * float(r.abs().max()))
+    return y.detach()
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_channels_last_gives_the_same_outputs_and_gradients(spatial_dims):
     torch.manual_seed(0)
@@ -142,17 +159,7 @@ def test_depthwise_conv_matches_pytorch_in_channels_last(spatial_dims, k):
     conv = (DepthwiseConv2d if spatial_dims == 2 else DepthwiseConv3d)(8, 8, k, padding=k // 2, groups=8)
     plain = getattr(nn, f"Conv{spatial_dims}d")(8, 8, k, padding=k // 2, groups=8)
     plain.load_state_dict(conv.state_dict())
-    fmt = channels_last_format(spatial_dims)
-    x = torch.randn(2, 8, *([12] * spatial_dims)).contiguous(memory_format=fmt).requires_grad_(True)
-    x_ref = x.detach().contiguous().requires_grad_(True)
-    y, y_ref = conv(x), plain(x_ref)
-    assert y.is_contiguous(memory_format=fmt)
-    torch.testing.assert_close(y, y_ref)
-    noise = torch.randn_like(y_ref)
-    grads = torch.autograd.grad((y * noise).sum(), (x, conv.weight, conv.bias))
-    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
-    for g, r in zip(grads, grads_ref):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    assert_channels_last_matches(conv, plain, torch.randn(2, 8, *([12] * spatial_dims)), grad_atol=1e-4)
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 7, 9])
@@ -184,17 +191,10 @@ def test_transposed_depthwise_conv_is_pytorchs_in_channels_last(spatial_dims, k)
     conv = cls(6, 6, k, stride=2, padding=k // 2, groups=6)
     plain = getattr(nn, f"ConvTranspose{spatial_dims}d")(6, 6, k, stride=2, padding=k // 2, groups=6)
     plain.load_state_dict(conv.state_dict())
-    x = torch.randn(2, 6, *([7] * spatial_dims)).contiguous(memory_format=fmt).requires_grad_(True)
-    x_ref = x.detach().contiguous().requires_grad_(True)
-    y, y_ref = conv(x), plain(x_ref)
-    assert y.shape == y_ref.shape == (2, 6, *([13] * spatial_dims)) and y.is_contiguous(memory_format=fmt)
-    torch.testing.assert_close(y, y_ref)
-    noise = torch.randn_like(y_ref)
-    grads = torch.autograd.grad((y * noise).sum(), (x, conv.weight, conv.bias))
-    grads_ref = torch.autograd.grad((y_ref * noise).sum(), (x_ref, plain.weight, plain.bias))
-    for g, r in zip(grads, grads_ref):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5 * float(r.abs().max()))
-    assert torch.equal(conv(x_ref), plain(x_ref))  # channels-first: PyTorch's kernel itself
+    x = torch.randn(2, 6, *([7] * spatial_dims))
+    y = assert_channels_last_matches(conv, plain, x, grad_atol=1e-5)
+    assert y.shape == (2, 6, *([13] * spatial_dims))
+    assert torch.equal(conv(x), plain(x))  # channels-first: PyTorch's kernel itself
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
