@@ -58,10 +58,16 @@ def medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def table_header(title: str, *columns: str) -> None:
+    """Print a section title and the header rows of its Markdown table."""
+    print(f"\n## {title}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+
+
 def bench_norm(repeats: int) -> None:
-    print("\n## GroupNorm, one group per channel, forward + backward (ms); max |output error| vs float64")
-    print("| input | PyTorch NHWC | ours NHWC | PyTorch NCHW | error PyTorch NHWC | error ours | error NCHW |")
-    print("|---|---|---|---|---|---|---|")
+    table_header("GroupNorm, one group per channel, forward + backward (ms); max |output error| vs float64",
+                 "input", "PyTorch NHWC", "ours NHWC", "PyTorch NCHW", "error PyTorch NHWC", "error ours", "error NCHW")
     for shape in ((1, 32, 256, 256), (1, 64, 128, 128), (1, 128, 64, 64), (1, 32, 64, 64, 64)):
         norm_row(shape, repeats)
 
@@ -94,9 +100,8 @@ def norm_row(shape: tuple[int, ...], repeats: int) -> None:
 
 
 def bench_wgrad(repeats: int) -> None:
-    print("\n## 2D depthwise weight gradient, NHWC, 1 x 32 x 256^2 (ms)")
-    print("| kernel | oneDNN k x k | k x 3 strips | speed-up |")
-    print("|---|---|---|---|")
+    table_header("2D depthwise weight gradient, NHWC, 1 x 32 x 256^2 (ms)",
+                 "kernel", "oneDNN k x k", "k x 3 strips", "speed-up")
     c = 32
     x = torch.randn(1, c, 256, 256).contiguous(memory_format=torch.channels_last)
     grad = torch.randn(1, c, 256, 256).contiguous(memory_format=torch.channels_last)
@@ -111,9 +116,8 @@ def bench_wgrad(repeats: int) -> None:
 
 
 def bench_pointwise(repeats: int) -> None:
-    print("\n## 2D 1x1 conv, NHWC, forward + backward (ms)")
-    print("| input | out channels | oneDNN conv | F.linear | speed-up |")
-    print("|---|---|---|---|---|")
+    table_header("2D 1x1 conv, NHWC, forward + backward (ms)", "input", "out channels", "oneDNN conv", "F.linear",
+                 "speed-up")
     for (c, size), out in (((32, 256), 64), ((64, 256), 32), ((64, 128), 128), ((256, 32), 512)):
         pointwise_row(c, size, out, repeats)
 
@@ -130,9 +134,8 @@ def pointwise_row(c: int, size: int, out: int, repeats: int) -> None:
 
 
 def bench_transposed(repeats: int) -> None:
-    print("\n## Up block's transposed depthwise conv (stride 2), channels-last, forward + backward (ms)")
-    print("| input -> output | k | PyTorch | ours | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
+    table_header("Up block's transposed depthwise conv (stride 2), channels-last, forward + backward (ms)",
+                 "input -> output", "k", "PyTorch", "ours", "speed-up", "max abs diff")
     for c, size, dims in ((64, 128, 2), (128, 64, 2), (64, 32, 3)):
         for k in (3, 5):
             torch.manual_seed(0)
@@ -150,11 +153,9 @@ def bench_transposed(repeats: int) -> None:
 
 
 def bench_normconv(repeats: int) -> None:
-    print("\n## Per-channel GroupNorm then the 1x1 expansion (C -> 2C), forward + backward (ms); "
-          "max |output error| vs float64")
-    print("| input | PyTorch NCHW | ours norm then conv, NHWC | folded, NHWC | folded vs NCHW | error NCHW "
-          "| error folded |")
-    print("|---|---|---|---|---|---|---|")
+    table_header("Per-channel GroupNorm then the 1x1 expansion (C -> 2C), forward + backward (ms); "
+                 "max |output error| vs float64", "input", "PyTorch NCHW", "ours norm then conv, NHWC", "folded, NHWC",
+                 "folded vs NCHW", "error NCHW", "error folded")
     for shape in ((1, 32, 256, 256), (1, 64, 128, 128), (1, 256, 32, 32), (1, 32, 64, 64, 64), (2, 64, 32, 32, 32)):
         normconv_row(shape, repeats)
 
@@ -190,9 +191,8 @@ def normconv_row(shape: tuple[int, ...], repeats: int) -> None:
 def bench_adamw(repeats: int) -> None:
     from mednext_lite import create_mednext
 
-    print("\n## AdamW step over MedNeXt-S's parameters (ms)")
-    print("| model | tensors | loop | foreach | fused | fused vs loop | fused max abs diff after 5 steps |")
-    print("|---|---|---|---|---|---|---|")
+    table_header("AdamW step over MedNeXt-S's parameters (ms)", "model", "tensors", "loop", "foreach", "fused",
+                 "fused vs loop", "fused max abs diff after 5 steps")
     for dims in (3, 2):
         torch.manual_seed(0)
         params = list(create_mednext("S", 1, 3, 3, dims, deep_supervision=True).parameters())

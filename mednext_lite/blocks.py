@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_api  # the global hook registries
 
 from .perf import channels_last_format
 
@@ -348,17 +349,17 @@ class _NormPointwise(torch.autograd.Function):
             grad_x = torch.bmm(g, w_n)
             g_w_n = torch.bmm(g.transpose(1, 2), centred)  # [n, out, c]: gradient of the folded weight
             g_sum = g.sum(1)  # [n, out]
-        scale = rstd * gamma  # [n, 1, c]
-        grad_weight = (g_w_n * scale).sum(0) + g_sum.sum(0)[:, None] * beta
+        grad_bias = g_sum.sum(0)  # [out]: b and W beta are shared by the whole batch
+        grad_weight = (g_w_n * (rstd * gamma)).sum(0) + grad_bias[:, None] * beta
         grad_scale = (g_w_n * w).sum(1, keepdim=True)  # [n, 1, c]
         grad_gamma = (grad_scale * rstd).sum((0, 1))
-        grad_beta = g_sum.sum(0) @ w
+        grad_beta = grad_bias @ w
         # x = centred + mean: grad_x = d/dc - its mean over voxels, with rstd's dependence on c
         shift = torch.bmm(g_sum[:, None], w_n) / m
         grad_x.addcmul_(centred, grad_scale * gamma * rstd.pow(3) / m, value=-1).sub_(shift)
         grad_x = grad_x.view(n, *grad.shape[2:], c).movedim(-1, 1)
         grad_weight = grad_weight.view(-1, c, *(1,) * (grad.ndim - 2))
-        return grad_x, grad_gamma, grad_beta, None, grad_weight, g_sum.sum(0)
+        return grad_x, grad_gamma, grad_beta, None, grad_weight, grad_bias
 
 
 class PerChannelGroupNorm(nn.GroupNorm):
@@ -377,10 +378,8 @@ class PerChannelGroupNorm(nn.GroupNorm):
 
 def _has_hooks(module: nn.Module) -> bool:
     """Whether forward hooks (the module's own or global ones) expect to see ``module`` run."""
-    from torch.nn.modules import module as module_mod
-
     return bool(module._forward_hooks or module._forward_pre_hooks
-                or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
+                or _module_api._global_forward_hooks or _module_api._global_forward_pre_hooks)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:

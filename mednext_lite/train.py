@@ -391,11 +391,11 @@ class Trainer:
                                   fold=cfg.fold, seed=cfg.seed)
         # Rank 0 writes the split once; the others wait and read it, so every process (and every
         # resumption) trains on exactly the same cases.
-        if self.is_main:
-            split()
+        train_cases, val_cases = split() if self.is_main else (None, None)
         if self.distributed:
             dist.barrier()
-        train_cases, val_cases = split()
+        if not self.is_main:
+            train_cases, val_cases = split()
         if cfg.max_val_cases is not None:
             val_cases = val_cases[: cfg.max_val_cases]
         self.train_cases, self.val_cases = train_cases, val_cases
