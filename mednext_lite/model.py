@@ -221,8 +221,62 @@ class MedNeXt(nn.Module):
             self.deep_supervision = previous
 
     # -- forward ----------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters (float32 unless the model was cast)."""
+        return self.stem.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device holding the parameters."""
+        return self.stem.weight.device
+
+    def _check_dtype_and_device(self, x: torch.Tensor) -> None:
+        # Only tensor metadata is read here (no values), so the check never waits on the GPU and
+        # torch.compile / torch.jit.trace see plain Python constants.
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"expected a torch.Tensor, got {type(x).__name__}: convert it with torch.as_tensor(x).float()"
+            )
+        if not x.is_floating_point():
+            fix = "x.real.float() or x.abs().float()" if x.is_complex() else "x.float()"
+            raise TypeError(
+                f"input dtype {x.dtype} is not a floating-point type; the network takes float images: "
+                f"convert it with {fix} (and scale it as in training, e.g. z-score normalisation)"
+            )
+        weight = self.stem.weight
+        if x.device != weight.device:
+            raise ValueError(
+                f"input is on {x.device} but the model's parameters are on {weight.device}: "
+                f"move the input with x.to({str(weight.device)!r}) or the model with model.to({str(x.device)!r})"
+            )
+        if x.dtype == weight.dtype:
+            return
+        # Autocast casts float16/bfloat16/float32 operands per op, so mixed dtypes are its job;
+        # it never casts float64, which would reach the convolutions unconverted.
+        autocast = x.device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(x.device.type)
+        if autocast and torch.float64 not in (x.dtype, weight.dtype):
+            return
+        raise TypeError(
+            f"input dtype {x.dtype} differs from the model's parameter dtype {weight.dtype}"
+            + (" (autocast does not cast float64)" if autocast else "")
+            + f": cast the input with x.to(model.dtype) (here x.to({weight.dtype})), cast the model with "
+            f"model.to({x.dtype}), or run float16/bfloat16 inputs inside torch.autocast({x.device.type!r})"
+        )
+
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise a ValueError naming the problem and the fix when ``x`` cannot enter the network."""
+        """Raise an error naming the problem and the fix when ``x`` cannot enter the network.
+
+        A TypeError for a non-tensor, an integer/bool/complex tensor, or a floating dtype that
+        differs from the parameters' outside autocast (float16/bfloat16 input is fine inside
+        ``torch.autocast``; float64 never is, since autocast does not cast it); a ValueError for a
+        wrong device, rank, channel count or spatial size. Only shapes, dtypes and devices are read,
+        never values, so the check costs no host-device synchronisation; for the same reason NaN
+        or inf voxels are not looked for here: the data loaders (training) and
+        :mod:`mednext_lite.inference` (prediction) refuse non-finite images before they reach the
+        network.
+        """
+        self._check_dtype_and_device(x)
         c = self.config
         if x.ndim != c.spatial_dims + 2:
             layout = "N, C, H, W" if c.spatial_dims == 2 else "N, C, D, H, W"
@@ -244,7 +298,8 @@ class MedNeXt(nn.Module):
                     f"spatial size {n} (axis {axis + 2} of shape {tuple(x.shape)}) is not divisible by "
                     f"{DIVISOR}: {fix}"
                 )
-        bottleneck_voxels = x.shape[0] * math.prod(n // DIVISOR for n in x.shape[2:])
+        # A list, not a generator: torch.compile cannot trace a generator passed to math.prod.
+        bottleneck_voxels = x.shape[0] * math.prod([n // DIVISOR for n in x.shape[2:]])
         if c.norm == "group" and bottleneck_voxels == 1:
             raise ValueError(
                 f"input shape {tuple(x.shape)} leaves one voxel per channel at the 1/{DIVISOR} bottleneck, where "

@@ -192,3 +192,54 @@ def test_channels_last_training_step_does_not_crash_the_process():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_floating_input_of_another_dtype_is_refused_naming_both_dtypes_and_the_fixes(dtype):
+    model = MedNeXt(tiny(spatial_dims=2))
+    x = torch.randn(2, 2, 16, 16)
+    with pytest.raises(TypeError, match=rf"input dtype {dtype} differs from the model's parameter dtype "
+                                        r"torch.float32: cast the input with x.to\(model.dtype\)") as err:
+        model(x.to(dtype))
+    assert f"model.to({dtype})" in str(err.value) and "torch.autocast('cpu')" in str(err.value)
+    # the reverse: a float32 input to a model cast to the other dtype
+    with pytest.raises(TypeError, match=rf"input dtype torch.float32 differs from the model's parameter dtype {dtype}"):
+        MedNeXt(tiny(spatial_dims=2)).to(dtype)(x)
+    assert model.dtype == torch.float32 and model.to(dtype).dtype == dtype
+    assert model(x.to(dtype)).dtype == dtype  # the matching pair runs
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool])
+def test_integer_and_bool_input_is_refused_with_the_cast_to_make(dtype):
+    model = MedNeXt(tiny(spatial_dims=2))
+    with pytest.raises(TypeError, match=rf"input dtype {dtype} is not a floating-point type.*x\.float\(\)"):
+        model(torch.ones(2, 2, 16, 16, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="not a floating-point"):
+        model(torch.ones(2, 2, 16, 16, dtype=dtype))
+    with pytest.raises(TypeError, match="expected a torch.Tensor, got ndarray"):
+        model(torch.ones(2, 2, 16, 16).numpy())
+
+
+def test_autocast_still_takes_low_precision_input_but_never_float64():
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=2)).eval()
+    x = torch.randn(2, 2, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                out = model(x.to(dtype))
+                assert out.dtype == torch.bfloat16
+                torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
+            with pytest.raises(TypeError, match=r"torch.float64 .*autocast does not cast float64"):
+                model(x.double())
+
+
+def test_meta_models_pass_the_check():
+    # the check reads only metadata, so shape-only runs on the meta device go through it unchanged
+    with torch.device("meta"):
+        model = MedNeXt(tiny(spatial_dims=2))
+        assert model.device.type == "meta"
+        assert model(torch.empty(2, 2, 16, 16)).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"input is on cpu but the model's parameters are on meta: move the input"):
+        model(torch.randn(2, 2, 16, 16))
