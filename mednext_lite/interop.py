@@ -1,8 +1,11 @@
 """Checkpoints that rebuild their own model, loaded safely, and conversion from the peers' layouts.
 
-* :func:`save_checkpoint` writes atomically (temp file + rename) and embeds the model config.
+* :func:`save_checkpoint` writes atomically (temp file + rename), embeds the model config and a
+  SHA-256 of every tensor it holds.
 * :func:`load_checkpoint` uses ``torch.load(weights_only=True)``: a pickled object outside
-  PyTorch's allowed set is refused with a message and never executed.
+  PyTorch's allowed set is refused with a message and never executed. It then recomputes the
+  checksum (``torch.load`` itself reads a flipped bit in tensor data without complaint) and
+  refuses weights holding NaN or inf.
 * :func:`convert_reference_state_dict` / :func:`to_reference_state_dict` translate the reference
   implementation's key layout (MIC-DKFZ ``mednextv1``); :func:`convert_monai_state_dict` translates
   MONAI's ``MedNeXt``, refusing checkpoints whose topology differs from the reference.
@@ -10,61 +13,132 @@
 
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .model import LEVELS, MedNeXt, MedNeXtConfig
+from .safe_io import atomic_write
 
 FORMAT = "mednext_lite/1"
+CHECKSUM_KEY = "checksum"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: corrupt, unsafe, or of a layout we cannot convert."""
+    """A checkpoint that cannot be used: corrupt, unsafe, non-finite, or of a layout we cannot convert."""
+
+
+# -- checksums ----------------------------------------------------------------------------
+
+def _tensors(obj: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside ``obj`` (dicts in their stored order, lists, tuples) with its path."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{where}[{key!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{where}[{i}]")
+
+
+def tensor_checksum(obj: Any) -> str | None:
+    """SHA-256 over the tensors inside ``obj``: each one's path, dtype, shape and bytes (in
+    row-major order, so a channels-last copy of the same values hashes the same); ``None`` when
+    ``obj`` holds no tensor."""
+    digest, found = hashlib.sha256(), False
+    for where, tensor in _tensors(obj, ""):
+        found = True
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{where}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest() if found else None
+
+
+def _checksums(payload: Mapping[str, Any]) -> dict[str, str]:
+    # One digest per top-level entry, so a mismatch can say whether the weights or the training
+    # state (optimizer, RNG) were damaged.
+    sums = {key: tensor_checksum(value) for key, value in payload.items() if key != CHECKSUM_KEY}
+    return {key: value for key, value in sums.items() if value is not None}
+
+
+def _verify_checksums(obj: Mapping[str, Any], path: Path) -> None:
+    stored = obj.get(CHECKSUM_KEY)
+    if stored is None:
+        return  # older files and foreign state dicts carry none: nothing to compare against
+    if not isinstance(stored, Mapping) or not isinstance(stored.get("sha256"), Mapping):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its checksum entry is unreadable ({stored!r:.80}); "
+                              "use the previous checkpoint (last.pt / best.pt)")
+    actual = _checksums(obj)
+    expected = dict(stored["sha256"])
+    for key in sorted(set(expected) | set(actual)):
+        if expected.get(key) != actual.get(key):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: the tensors of {key!r} do not match the SHA-256 written when it "
+                "was saved (damaged on disk or in transfer); use the previous checkpoint (last.pt / best.pt) or "
+                "copy the file again")
+
+
+def _weights(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The weights inside a checkpoint dict, or an empty dict when it holds none we recognise."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj.get(key), Mapping):
+            return obj[key]
+    return obj if obj and all(isinstance(v, torch.Tensor) for v in obj.values()) else {}
+
+
+def check_finite(obj: Mapping[str, Any], source: str = "this checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first weight of ``obj`` (a checkpoint dict or a
+    state dict) that holds NaN or inf: such a model predicts garbage (typically all background)."""
+    for key, value in _weights(obj).items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            bad = int((~torch.isfinite(value.detach())).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{source}: weight {key!r} holds {bad} NaN/inf value(s) of {value.numel()}: the run that wrote "
+                    "it diverged; use an earlier checkpoint (e.g. best.pt) or retrain with a lower --lr")
 
 
 # -- saving and loading -------------------------------------------------------------------
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``
+    (:func:`mednext_lite.safe_io.atomic_write`).
 
-    A crash at any moment leaves either the previous file or the new one, never a torn one.
+    A crash at any moment leaves either the previous file or the new one, never a torn one; a
+    symlink at ``path`` is replaced, never written through.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path: str | Path, model: MedNeXt, **extra: Any) -> Path:
     """Save ``model``'s weights with its config (so the file rebuilds its own model) plus ``extra``
-    entries (optimizer state, epoch, ...), atomically."""
+    entries (optimizer state, epoch, ...), atomically, with a SHA-256 of each entry's tensors
+    that :func:`load_checkpoint` verifies."""
     if not isinstance(model, MedNeXt):
         raise TypeError(f"save_checkpoint needs a MedNeXt, got {type(model).__name__}")
+    if CHECKSUM_KEY in extra:
+        raise ValueError(f"{CHECKSUM_KEY!r} is reserved for the checkpoint's own checksum: rename that entry")
     payload = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
+    payload[CHECKSUM_KEY] = {"sha256": _checksums(payload)}
     return atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    allow_non_finite: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``, verify its checksum, refuse non-finite weights.
 
-    Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt, or
-    when it holds pickled objects outside PyTorch's safe set (which are never executed).
+    Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt, when
+    its tensors do not match the SHA-256 stored at save time, when it holds pickled objects outside
+    PyTorch's safe set (which are never executed), or when a weight holds NaN/inf (naming the first
+    such tensor; ``allow_non_finite=True`` loads it anyway, for inspection). Files without a
+    checksum (written before checksums existed, or foreign state dicts from the reference code or
+    MONAI) still load: only their readability and finiteness are checked.
     """
     path = Path(path)
     if not path.is_file():
@@ -90,6 +164,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    _verify_checksums(obj, path)
+    if not allow_non_finite:
+        check_finite(obj, f"checkpoint {path}")
     return obj
 
 
@@ -108,9 +185,20 @@ def state_dict_of(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def model_from_checkpoint(source: str | Path | Mapping[str, Any], map_location: str = "cpu") -> MedNeXt:
-    """Rebuild the MedNeXt stored by :func:`save_checkpoint` (config + weights)."""
-    ckpt = load_checkpoint(source, map_location) if isinstance(source, (str, Path)) else source
+def model_from_checkpoint(source: str | Path | Mapping[str, Any], map_location: str = "cpu", *,
+                          allow_non_finite: bool = False) -> MedNeXt:
+    """Rebuild the MedNeXt stored by :func:`save_checkpoint` (config + weights).
+
+    A path is read with :func:`load_checkpoint` (checksum verified); for a path or an already
+    loaded dict, weights holding NaN/inf are a :class:`CheckpointError` naming the first bad
+    tensor unless ``allow_non_finite``.
+    """
+    if isinstance(source, (str, Path)):
+        ckpt = load_checkpoint(source, map_location, allow_non_finite=allow_non_finite)
+    else:
+        ckpt = source
+        if not allow_non_finite:
+            check_finite(ckpt)
     if "config" not in ckpt:
         raise CheckpointError(
             "this checkpoint has no embedded config: build the model yourself and use load_state_dict "
@@ -299,7 +387,11 @@ def convert_monai_state_dict(
 
 def load_foreign(sd_or_path: str | Path | Mapping[str, Any], layout: str = "auto") -> MedNeXt:
     """Build a MedNeXt from a reference, MONAI or mednext_lite checkpoint (``layout="auto"`` guesses)."""
-    obj = load_checkpoint(sd_or_path) if isinstance(sd_or_path, (str, Path)) else sd_or_path
+    if isinstance(sd_or_path, (str, Path)):
+        obj = load_checkpoint(sd_or_path)
+    else:
+        obj = sd_or_path
+        check_finite(obj)
     if "config" in obj and layout in ("auto", "ours"):
         return model_from_checkpoint(obj)
     keys = state_dict_of(obj).keys()
@@ -322,6 +414,7 @@ def load_foreign(sd_or_path: str | Path | Mapping[str, Any], layout: str = "auto
 __all__ = [
     "CheckpointError",
     "atomic_torch_save",
+    "check_finite",
     "convert_monai_state_dict",
     "convert_reference_state_dict",
     "infer_config",
@@ -330,5 +423,6 @@ __all__ = [
     "model_from_checkpoint",
     "save_checkpoint",
     "state_dict_of",
+    "tensor_checksum",
     "to_reference_state_dict",
 ]

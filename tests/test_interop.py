@@ -127,3 +127,100 @@ def test_monai_larger_presets_are_refused_with_an_explanation(variant):
         sd = monai_mednext(variant, spatial_dims=3, in_channels=1, out_channels=3).state_dict()
     with pytest.raises(CheckpointError, match=r"down block 0 expands by \d but the stage it feeds uses \d"):
         convert_monai_state_dict(sd)
+
+
+# -- checksums and non-finite weights --------------------------------------------------------------
+
+def flip_one_bit_in_tensor_data(path, record: str | None = None) -> str:
+    """Flip the lowest bit of one byte inside a tensor's raw data in a torch zip file (the largest
+    data record unless ``record`` is named) and return that record's name; the file stays loadable."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        records = [i for i in z.infolist() if "/data/" in i.filename and i.file_size >= 4]
+        info = next(i for i in records if i.filename.endswith(record)) if record else max(records, key=lambda i: i.file_size)
+        assert info.compress_type == zipfile.ZIP_STORED  # torch stores tensor bytes raw
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + (info.file_size // 8) * 4] ^= 1  # low mantissa bit of a float32: a finite, tiny change
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_save_load_round_trip_carries_a_checksum_per_entry(tmp_path):
+    torch.manual_seed(0)
+    model = MedNeXt(small())
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "last.pt", model, optimizer=opt.state_dict(), epoch=3)
+    ckpt = load_checkpoint(path)
+    assert set(ckpt["checksum"]["sha256"]) == {"state_dict", "optimizer"}  # the entries that hold tensors
+    assert all(len(h) == 64 for h in ckpt["checksum"]["sha256"].values())
+    for k, v in model.state_dict().items():
+        assert torch.equal(ckpt["state_dict"][k], v), k
+    rebuilt = model_from_checkpoint(path)
+    x = torch.randn(1, 2, 32, 32, 32)
+    with torch.no_grad():
+        for a, b in zip(model(x), rebuilt(x)):
+            assert torch.equal(a, b)
+    # a channels-last model saves the same values, hence the same checksum
+    again = save_checkpoint(tmp_path / "cl.pt", model.set_memory_format("channels_last"), optimizer=opt.state_dict(), epoch=3)
+    assert load_checkpoint(again)["checksum"] == ckpt["checksum"]
+
+
+@pytest.mark.parametrize("which", ["state_dict", "optimizer"])
+def test_a_flipped_bit_in_tensor_data_is_refused(tmp_path, which):
+    torch.manual_seed(0)
+    model = MedNeXt(small())
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
+    opt.step()
+    path = save_checkpoint(tmp_path / "best.pt", model, optimizer=opt.state_dict())
+    before = torch.load(path, weights_only=True)
+    # pickle order: the weights' storages come first, then the optimizer's (exp_avg, exp_avg_sq per tensor)
+    n_weights = len(before["state_dict"])
+    record = f"/data/{0 if which == 'state_dict' else n_weights + 5}"
+    flip_one_bit_in_tensor_data(path, record)
+    after = torch.load(path, weights_only=True)  # PyTorch itself reads the damaged file without a word
+    changed = [k for k, v in after[which].items() if isinstance(v, torch.Tensor) and not torch.equal(v, before[which][k])]
+    if which == "optimizer":
+        changed = [k for k, st in after["optimizer"]["state"].items()
+                   if any(not torch.equal(t, before["optimizer"]["state"][k][n]) for n, t in st.items())]
+    assert len(changed) == 1
+    with pytest.raises(CheckpointError, match=rf"best\.pt is corrupt: the tensors of '{which}' do not match the SHA-256"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"best\.pt is corrupt"):
+        model_from_checkpoint(path)
+
+
+def test_non_finite_weights_are_refused_naming_the_first_bad_tensor(tmp_path):
+    model = MedNeXt(small())
+    with torch.no_grad():
+        model.state_dict()["encoders.1.0.conv1.weight"].view(-1)[3] = float("nan")
+        model.state_dict()["decoders.0.0.conv3.weight"].view(-1)[0] = float("inf")
+    path = save_checkpoint(tmp_path / "nan.pt", model)  # a valid checksum over bad numbers
+    with pytest.raises(CheckpointError, match=r"nan\.pt: weight 'encoders\.1\.0\.conv1\.weight' holds 1 NaN/inf value"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"encoders\.1\.0\.conv1\.weight"):
+        model_from_checkpoint(path)
+    ckpt = load_checkpoint(path, allow_non_finite=True)  # explicit, for inspection
+    assert torch.isnan(ckpt["state_dict"]["encoders.1.0.conv1.weight"]).sum() == 1
+    with pytest.raises(CheckpointError, match="encoders.1.0.conv1.weight"):
+        model_from_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match=r"weight 'enc_block_1\.0\.conv1\.weight' holds"):  # foreign layouts too
+        load_foreign(to_reference_state_dict(ckpt["state_dict"]))
+
+
+def test_files_without_a_checksum_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = MedNeXt(small())
+    torch.save({"state_dict": model.state_dict()}, tmp_path / "plain.pt")  # older or foreign: no checksum
+    torch.save(to_reference_state_dict(model.state_dict()), tmp_path / "reference.pt")
+    assert "checksum" not in load_checkpoint(tmp_path / "plain.pt")
+    for name in ("plain.pt", "reference.pt"):
+        rebuilt = load_foreign(tmp_path / name)
+        for k, v in model.state_dict().items():
+            assert torch.equal(rebuilt.state_dict()[k], v), (name, k)
