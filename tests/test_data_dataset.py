@@ -1,9 +1,13 @@
-"""dataset.json reader/validator on real NIfTI files, and seeded k-fold splits."""
+"""dataset.json reader/validator on real NIfTI files (errors, warnings, releases' spellings), the
+inspect door, and seeded k-fold splits."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +17,8 @@ import torch
 
 from mednext_lite.data import (
     DatasetError,
+    DatasetWarning,
+    check_task,
     get_or_make_split,
     load_split,
     load_task,
@@ -22,6 +28,12 @@ from mednext_lite.data import (
     save_split,
     validate_task,
 )
+from mednext_lite.data.commands import inspect_main
+
+# The descriptive keys as Task07_Pancreas releases them (note "relase").
+RELEASED = {"name": "Pancreas", "description": "Pancreas and cancer segmentation",
+            "reference": "Memorial Sloan Kettering Cancer Center", "licence": "CC-BY-SA 4.0",
+            "relase": "1.0 04/05/2018"}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +49,7 @@ def task(pristine, tmp_path):
 
 
 def _case(task: Path, i: int, kind: str) -> Path:
-    sub = "imagesTr" if kind == "image" else "labelsTr"
+    sub = {"image": "imagesTr", "label": "labelsTr", "test": "imagesTs"}[kind]
     return task / sub / f"synmri_{i:03d}.nii.gz"
 
 
@@ -47,63 +59,200 @@ def _rewrite(path: Path, array=None, affine=None) -> None:
     nib.save(nib.Nifti1Image(data, img.affine if affine is None else affine), str(path))
 
 
-def _problem_for(problems: list[str], path: Path) -> str:
-    hits = [p for p in problems if str(path) in p]
-    assert len(hits) == 1, f"expected one problem naming {path}, got {problems}"
+def _data(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj).copy()
+
+
+def _meta(task: Path) -> dict:
+    return json.loads((task / "dataset.json").read_text())
+
+
+def _write_meta(task: Path, meta: dict) -> None:
+    (task / "dataset.json").write_text(json.dumps(meta))
+
+
+def _line_for(lines: list[str], path: Path) -> str:
+    hits = [p for p in lines if str(path) in p]
+    assert len(hits) == 1, f"expected one line naming {path}, got {lines}"
     return hits[0]
 
 
-def test_clean_task_loads(task):
-    info = load_task(task)
+def test_clean_task_loads_without_warnings(task):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        info = load_task(task, strict=True)
     assert info.name == "SyntheticMRI" and info.num_classes == 3 and info.in_channels == 1 and not info.is_ct
     assert info.labels == {0: "background", 1: "head", 2: "tail"}
-    assert len(info.training) == 6 and len(info.test) == 1
+    assert len(info.training) == 6 and len(info.test) == 1 and info.warnings == []
     assert all(c["image"].is_absolute() and c["label"].exists() for c in info.training)
-    assert validate_task(task) == []
+    report = check_task(task)
+    assert report.ok and report.errors == [] and report.warnings == [] and validate_task(task) == []
 
 
-def test_each_broken_case_names_file_and_fix(task):
+@pytest.mark.parametrize("descriptive", ["relase", "release", "none"])
+def test_release_spellings_and_bare_dataset_json_accepted(pristine, tmp_path, descriptive):
+    for flavour, size in (("mri", "3D"), ("mri4d", "4D")):
+        task = Path(shutil.copytree(pristine[flavour], tmp_path / flavour))
+        meta = _meta(task)
+        if descriptive == "none":  # no descriptive key at all, not even tensorImageSize or test
+            meta = {k: meta[k] for k in ("training", "labels", "modality")}
+        elif descriptive == "relase":
+            meta = {**{k: v for k, v in meta.items() if k != "release"}, **RELEASED}
+        _write_meta(task, meta)  # "release" as the synthetic writer spells it
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            info = load_task(task, strict=True)
+        assert info.tensor_image_size == size and len(info.training) == 6
+        assert len(info.test) == (0 if descriptive == "none" else 1)
+        assert set(info.raw) & {"relase", "release"} == ({descriptive} - {"none"})
+
+
+def test_tensor_image_size_inferred_from_first_image_header(pristine, tmp_path):
+    task = Path(shutil.copytree(pristine["mri4d"], tmp_path / "t"))
+    meta = _meta(task)
+    del meta["tensorImageSize"]
+    meta["modality"] = {"0": "T1w"}  # the header, not the modality count, decides
+    _write_meta(task, meta)
+    assert load_task(task, validate=False).tensor_image_size == "4D"
+    assert "tensorImageSize" not in _meta(task)
+
+
+def test_every_error_listed_at_once_naming_the_file(task):
     missing_img, missing_lbl = _case(task, 0, "image"), _case(task, 1, "label")
     missing_img.unlink()
     missing_lbl.unlink()
     shape_lbl = _case(task, 2, "label")
     _rewrite(shape_lbl, np.zeros((16, 16, 12), np.uint8))
-    affine_lbl = _case(task, 3, "label")
-    aff = nib.load(str(affine_lbl)).affine.copy()
-    aff[:3, :3] *= 2.0  # wrong spacing
-    _rewrite(affine_lbl, affine=aff)
-    values_lbl = _case(task, 4, "label")
-    lbl = np.asanyarray(nib.load(str(values_lbl)).dataobj).copy()
+    values_lbl = _case(task, 3, "label")
+    lbl = _data(values_lbl)
     lbl[0, 0, 0] = 7
     _rewrite(values_lbl, lbl)
+    nan_img = _case(task, 4, "image")
+    img = _data(nan_img)
+    img[1, 2, 3], img[4, 5, 6] = np.nan, np.inf
+    _rewrite(nan_img, img)
     trunc_img = _case(task, 5, "image")
     raw = trunc_img.read_bytes()
     trunc_img.write_bytes(raw[: len(raw) // 2])
-    garbage = task / "imagesTs" / "synmri_006.nii.gz"
+    garbage = _case(task, 6, "test")
     garbage.write_bytes(b"this is not a nifti file at all" * 20)
 
-    problems = validate_task(task)
-    assert len(problems) == 7, problems
-    assert "missing" in _problem_for(problems, missing_img) and "re-extract" in _problem_for(problems, missing_img)
-    assert "missing" in _problem_for(problems, missing_lbl)
-    assert "(16, 16, 12)" in _problem_for(problems, shape_lbl) and "resample" in _problem_for(problems, shape_lbl)
-    msg = _problem_for(problems, affine_lbl)
-    assert "affine" in msg and "[2.0, 2.0, 2.5]" in msg and "[1.0, 1.0, 1.25]" in msg
-    msg = _problem_for(problems, values_lbl)
+    report = check_task(task)
+    assert len(report.errors) == 7 and report.warnings == [], report.errors
+    assert "missing" in _line_for(report.errors, missing_img) and "re-extract" in _line_for(report.errors, missing_img)
+    assert "missing" in _line_for(report.errors, missing_lbl)
+    msg = _line_for(report.errors, shape_lbl)
+    assert "(16, 16, 12)" in msg and "resample" in msg
+    msg = _line_for(report.errors, values_lbl)
     assert "[7]" in msg and "not declared" in msg and "'labels'" in msg
-    assert "truncated" in _problem_for(problems, trunc_img)
-    assert "not a readable NIfTI" in _problem_for(problems, garbage)
+    msg = _line_for(report.errors, nan_img)
+    assert "2 NaN/inf voxel(s)" in msg and "replace them" in msg
+    assert "truncated" in _line_for(report.errors, trunc_img)
+    assert "not a readable NIfTI" in _line_for(report.errors, garbage)
 
     with pytest.raises(DatasetError) as err:
         load_task(task)
-    assert isinstance(err.value, ValueError)
-    assert err.value.problems == problems
+    assert isinstance(err.value, ValueError) and err.value.problems == report.errors
     text = str(err.value)
     assert text.startswith("7 problem(s)") and len(text.splitlines()) == 8  # header + one line per problem
-    # Header-only validation is cheap and still sees shape, affine and missing files.
-    quick = validate_task(task, check_contents=False)
-    assert any(str(shape_lbl) in p for p in quick) and any(str(affine_lbl) in p for p in quick)
-    assert not any(str(values_lbl) in p for p in quick)
+    assert validate_task(task) == report.errors
+    # Header-only validation is cheap and still sees shapes and missing files, not voxel values.
+    quick = check_task(task, check_contents=False).errors
+    assert any(str(shape_lbl) in p for p in quick) and any(str(missing_img) in p for p in quick)
+    assert not any(str(values_lbl) in p or str(nan_img) in p for p in quick)
+
+
+def test_warnings_name_the_case_and_the_figure(task):
+    affine_lbl = _case(task, 0, "label")
+    aff = nib.load(str(affine_lbl)).affine.copy()
+    aff[:3, 3] += 2.0  # a 2 mm shift: beyond rounding
+    _rewrite(affine_lbl, affine=aff)
+    rounded_lbl = _case(task, 1, "label")
+    aff = nib.load(str(rounded_lbl)).affine.copy()
+    aff[:3, 3] += 1e-5  # float32 round-off: not worth a line
+    _rewrite(rounded_lbl, affine=aff)
+    float_lbl = _case(task, 2, "label")
+    _rewrite(float_lbl, _data(float_lbl).astype(np.float32))
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (task / sub / "._synmri_000.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    meta = _meta(task)
+    meta["numTraining"], meta["numTest"] = 99, 3
+    _write_meta(task, meta)
+
+    report = check_task(task)
+    assert report.errors == [] and len(report.warnings) == 7, report.warnings
+    montage = str(task / "montage.png")
+    msg = _line_for(report.warnings, affine_lbl)
+    assert "affine differs" in msg and "origin" in msg and "synmri_000" in msg and montage in msg
+    msg = _line_for(report.warnings, float_lbl)
+    assert "float32" in msg and "[0, 1, 2]" in msg and "uint8" in msg and montage in msg
+    assert not any(str(rounded_lbl) in w for w in report.warnings)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        line = next(w for w in report.warnings if w.startswith(f"{task / sub}:"))
+        assert "1 macOS '._' AppleDouble file(s) (._synmri_000.nii.gz)" in line and "-delete" in line
+    text = "\n".join(report.warnings)
+    assert "numTraining is 99 but 'training' lists 6 entries" in text and "numTest is 3 but 'test' lists 1" in text
+    assert [c["label"] for c in report.flagged] == [affine_lbl, float_lbl]  # drawn first in the montage
+
+    with pytest.warns(DatasetWarning, match="7 warning") as caught:
+        info = load_task(task)
+    assert info.warnings == report.warnings and len(caught) == 1
+    assert validate_task(task) == [] and validate_task(task, strict=True) == report.warnings
+    with pytest.raises(DatasetError) as err:
+        load_task(task, strict=True)
+    assert err.value.problems == report.warnings
+
+
+def test_paths_leaving_the_task_folder_are_refused(task, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    shutil.copy(_case(task, 0, "image"), outside / "a.nii.gz")
+    shutil.copy(_case(task, 1, "label"), outside / "b.nii.gz")
+    shutil.copy(_case(task, 2, "image"), outside / "c.nii.gz")
+    link = task / "imagesTr" / "linked.nii.gz"
+    link.symlink_to(outside / "c.nii.gz")
+    meta = _meta(task)
+    meta["training"][0]["image"] = "../elsewhere/a.nii.gz"
+    meta["training"][1]["label"] = str(outside / "b.nii.gz")
+    meta["training"][2]["image"] = "./imagesTr/linked.nii.gz"
+    _write_meta(task, meta)
+    for errors in (check_task(task).errors, check_task(task, check_contents=False).errors):
+        assert len(errors) == 3, errors
+        assert "'../elsewhere/a.nii.gz' leads outside the task folder" in errors[0]
+        assert "is an absolute path" in errors[1] and "'./imagesTr/b.nii.gz'" in errors[1]
+        assert "'./imagesTr/linked.nii.gz' leads outside" in errors[2] and str(outside / "c.nii.gz") in errors[2]
+    # Even a reader that skips validation never follows them.
+    with pytest.raises(DatasetError, match="3 problem"):
+        load_task(task, validate=False)
+
+
+def test_duplicate_cases_are_refused(task):
+    meta = _meta(task)
+    meta["training"].append({"image": "imagesTr/synmri_000.nii.gz", "label": "./labelsTr/synmri_005.nii.gz"})
+    meta["test"].append("./imagesTr/synmri_001.nii.gz")  # a training image as a test image leaks too
+    meta["numTraining"], meta["numTest"] = 7, 2
+    _write_meta(task, meta)
+    errors = check_task(task).errors
+    assert len(errors) == 3, errors
+    assert "listed twice in dataset.json (training[0].image and training[6].image)" in _line_for(
+        errors, _case(task, 0, "image"))
+    assert "(training[5].label and training[6].label)" in _line_for(errors, _case(task, 5, "label"))
+    assert "(training[1].image and test[1])" in _line_for(errors, _case(task, 1, "image"))
+
+
+def test_labels_must_be_0_to_n_minus_1(task):
+    meta = _meta(task)
+    meta["labels"] = {"0": "background", "1": "head", "5": "tail"}
+    _write_meta(task, meta)
+    for label_file, old, new in ((_case(task, i, "label"), 2, 5) for i in range(6)):
+        lbl = _data(label_file)
+        lbl[lbl == old] = new
+        _rewrite(label_file, lbl)
+    with pytest.raises(DatasetError) as err:
+        load_task(task, validate=False)  # refused by dataset.json alone: the loss would fail later
+    (line,) = err.value.problems
+    assert "declares values [0, 1, 5]" in line and "0..2" in line and "renumber (5 -> 2)" in line
+    assert check_task(task).errors == [line]  # the files hold only declared values
 
 
 def test_dataset_json_problems(task):
@@ -116,21 +265,19 @@ def test_dataset_json_problems(task):
     assert "does not exist" in validate_task(task / "nope")[0]
 
 
-def test_dataset_json_key_and_count_problems(task):
-    meta = json.loads((task / "dataset.json").read_text())
-    del meta["licence"]
-    meta["numTraining"] = 99
+def test_required_keys_and_background(task):
+    meta = _meta(task)
     meta["labels"] = {"1": "head", "2": "tail"}
-    (task / "dataset.json").write_text(json.dumps(meta))
-    problems = validate_task(task)
-    text = "\n".join(problems)
-    assert "'licence' is missing" in text and "numTraining is 99 but 6" in text and "background" in text
+    _write_meta(task, meta)
+    errors = check_task(task).errors
+    assert "no background entry" in errors[0]
     # Background was undeclared, so every label file with zeros is flagged too.
-    assert sum("not declared" in p for p in problems) == 6
-    del meta["training"]
-    (task / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(DatasetError, match="'training' is missing"):
-        load_task(task)
+    assert sum("not declared" in p for p in errors) == 6 and len(errors) == 7
+    for key in ("training", "labels", "modality"):
+        broken = {k: v for k, v in meta.items() if k != key}
+        _write_meta(task, broken)
+        with pytest.raises(DatasetError, match=f"key '{key}' is missing"):
+            load_task(task)
 
 
 def test_4d_image_channel_first_and_channel_count(pristine, tmp_path):
@@ -142,20 +289,65 @@ def test_4d_image_channel_first_and_channel_count(pristine, tmp_path):
     data, affine = read_image(info.training[0]["image"])
     assert data.shape == (2, 16, 16, 16) and affine.shape == (4, 4)
     task = Path(shutil.copytree(src, tmp_path / src.name))
-    meta = json.loads((task / "dataset.json").read_text())
+    meta = _meta(task)
     meta["modality"] = {"0": "T1w", "1": "T2w", "2": "FLAIR"}
-    (task / "dataset.json").write_text(json.dumps(meta))
+    _write_meta(task, meta)
     problems = validate_task(task, check_contents=False)
-    assert len(problems) == 6 and all("2 channels" in p and "3 modalities" in p for p in problems)
+    assert len(problems) == 7 and all("2 channels" in p and "3 modalities" in p for p in problems)  # 6 + 1 test
 
 
 def test_label_with_interpolated_values(task):
     path = _case(task, 0, "label")
-    lbl = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
+    lbl = _data(path).astype(np.float32)
     lbl[lbl == 2] = 1.5
     _rewrite(path, lbl)
-    problem = _problem_for(validate_task(task), path)
+    report = check_task(task)
+    problem = _line_for(report.errors, path)
     assert "non-integer" in problem and "nearest" in problem
+    assert report.warnings == []  # an error, not also the float-dtype warning
+
+
+def test_header_claiming_32767_cubed_is_refused_before_allocation(task):
+    path = _case(task, 3, "image")
+    img = nib.load(str(path))
+    header = img.header.copy()
+    header.set_data_shape((32767, 32767, 32767))  # 3.5e13 voxels: 140 TB of float32
+    small = np.asanyarray(img.dataobj)
+    # The header and the 16^3 voxels as nibabel lays them out, compressed as the task stores them.
+    offset = int(header["vox_offset"])
+    blob = header.binaryblock + b"\x00" * (offset - len(header.binaryblock)) + small.astype(np.float32).tobytes("F")
+    path.write_bytes(gzip.compress(blob))
+    assert nib.load(str(path)).shape == (32767, 32767, 32767)
+    report = check_task(task)
+    line = _line_for([e for e in report.errors if "header claims" in e], path)
+    assert "(32767, 32767, 32767)" in line and "re-export" in line
+    with pytest.raises(ValueError, match="header claims shape"):
+        read_image(path)
+
+
+def test_inspect_sections_and_exit_codes(task, capsys):
+    float_lbl = _case(task, 1, "label")
+    _rewrite(float_lbl, _data(float_lbl).astype(np.float32))
+    assert inspect_main([str(task), "--n-montage", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "warnings    1: usable" in out and f"warning: {float_lbl}" in out and "ready to train" in out
+    assert (task / "montage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _case(task, 0, "label").unlink()
+    assert inspect_main([str(task)]) == 2
+    captured = capsys.readouterr()
+    assert "errors      1: the task cannot be used" in captured.err and "synmri_000.nii.gz" in captured.err
+    assert "UNUSABLE" in captured.err and f"warning: {float_lbl}" in captured.out
+
+
+def test_inspect_replaces_a_symlinked_montage_and_spares_its_target(task, tmp_path):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's file")
+    (task / "montage.png").symlink_to(precious)
+    assert inspect_main([str(task), "--n-montage", "1"]) == 0
+    montage = task / "montage.png"
+    assert not montage.is_symlink() and montage.read_bytes()[:4] == b"\x89PNG"
+    assert precious.read_text() == "a user's file"
+    assert sorted(p.name for p in task.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
 
 def test_split_is_seeded_disjoint_and_k_fold():
@@ -190,6 +382,17 @@ def test_split_save_load_round_trip(task, tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="bad.json"):
         load_split(tmp_path / "bad.json")
+
+
+def test_save_split_replaces_a_symlink_instead_of_writing_through_it(tmp_path):
+    precious = tmp_path / "precious.json"
+    precious.write_text("keep me")
+    link = tmp_path / "run" / "split.json"
+    link.parent.mkdir()
+    link.symlink_to(precious)
+    save_split(link, ["a"], ["b"], fold=0)
+    assert not link.is_symlink() and load_split(link) == ([Path("a")], [Path("b")])
+    assert precious.read_text() == "keep me" and os.listdir(link.parent) == ["split.json"]
 
 
 def test_voxel_spacing_reads_column_norms_of_any_affine():

@@ -1,12 +1,15 @@
-"""MSD data for mednext_lite: catalogue and download, dataset.json reader and validator, seeded
-splits, the embedded synthetic task, MONAI pipelines and cached datasets, and the
-intensity-only baseline. Command-line doors live in ``mednext_lite.data.commands``."""
+"""MSD data for mednext_lite: catalogue and download, dataset.json reader and validator (errors
+and warnings), seeded splits, the embedded synthetic task, MONAI pipelines and cached datasets,
+and the intensity-only baseline. Command-line doors live in ``mednext_lite.data.commands``."""
 
 from .baseline import dice_per_class, threshold_baseline
 from .catalogue import DATA_ENV_VAR, MSD_TASKS, MSDTask, get_task, resolve_data_dir
 from .dataset import (
     DatasetError,
+    DatasetWarning,
     TaskInfo,
+    TaskReport,
+    check_task,
     get_or_make_split,
     load_split,
     load_task,
@@ -26,10 +29,13 @@ __all__ = [
     "FLAVOURS",
     "MSD_TASKS",
     "DatasetError",
+    "DatasetWarning",
     "DownloadError",
     "MSDTask",
     "TaskInfo",
+    "TaskReport",
     "add_data_subcommands",
+    "check_task",
     "dice_per_class",
     "download_task",
     "fetch_archive",

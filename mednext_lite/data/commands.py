@@ -18,14 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
-from .dataset import (
-    DatasetError,
-    TaskInfo,
-    load_task,
-    read_image,
-    validate_task,
-    voxel_spacing,
-)
+from ..safe_io import atomic_write
+from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
 
@@ -103,16 +97,19 @@ def summarize_task(info: TaskInfo, *, max_cases: int | None = None, progress: bo
     return "\n".join(lines)
 
 
-def save_montage(info: TaskInfo, path: str | os.PathLike, *, n_cases: int = 4) -> Path:
-    """Save a PNG with one row per case (first ``n_cases`` training cases): each modality on the
-    axial slice through the centre of the foreground, then the first modality with the labels
-    overlaid. Returns the path written."""
+def save_montage(info: TaskInfo, path: str | os.PathLike, *, n_cases: int = 4,
+                 cases: Sequence[dict[str, Path]] = ()) -> Path:
+    """Save a PNG with one row per case (``n_cases`` rows: the given ``cases`` first, e.g. those a
+    validation warning names, then the first training cases): each modality on the axial slice
+    through the centre of the foreground, then the first modality with the labels overlaid. The
+    file is replaced atomically (a symlink there is replaced, never written through). Returns the
+    path written."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    cases = info.training[:max(1, n_cases)]
+    cases = [*cases, *(c for c in info.training if c not in cases)][:max(1, n_cases)]
     if not cases:
         raise ValueError(f"task {info.root} has no training cases to draw")
     cols = info.in_channels + 1
@@ -140,11 +137,10 @@ def save_montage(info: TaskInfo, path: str | os.PathLike, *, n_cases: int = 4) -
     legend = ", ".join(f"{k}={v}" for k, v in sorted(info.labels.items()) if k)
     fig.suptitle(f"{info.name}: axial slices through the foreground centre ({legend})", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------- argparse wiring
@@ -187,11 +183,11 @@ def _run_download(args: argparse.Namespace) -> int:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 1
     print(f"task ready: {task_dir}")
-    if not args.no_validate:
-        problems = validate_task(task_dir, check_contents=False)
-        for p in problems:
-            print(f"warning: {p}", file=sys.stderr)
-    return 0
+    if args.no_validate:
+        return 0
+    report = check_task(task_dir, check_contents=False)
+    _print_findings(report)
+    return 2 if report.errors else 0
 
 
 def _run_synthesize(args: argparse.Namespace) -> int:
@@ -220,17 +216,36 @@ def _find_task_dir(task: str, data_dir: str | None) -> Path:
         return path
 
 
+def _print_findings(report: TaskReport) -> None:
+    """Errors (on stderr) and warnings (on stdout) in two sections, one line each."""
+    if report.errors:
+        print(f"errors      {len(report.errors)}: the task cannot be used until they are fixed", file=sys.stderr)
+        for line in report.errors:
+            print(f"  error: {line}", file=sys.stderr)
+    if report.warnings:
+        print(f"warnings    {len(report.warnings)}: usable, but look at each")
+        for line in report.warnings:
+            print(f"  warning: {line}")
+
+
 def _run_inspect(args: argparse.Namespace) -> int:
     task_dir = _find_task_dir(args.task, args.data_dir)
-    try:
-        info = load_task(task_dir, validate=True, progress=True)
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    report = check_task(task_dir, progress=True)
+    if report.errors:
+        _print_findings(report)
+        print(f"status      UNUSABLE: {len(report.errors)} error(s) in {task_dir}, listed above", file=sys.stderr)
+        return 2
+    info = report.info
     print(summarize_task(info, max_cases=args.max_cases, progress=True))
-    out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=args.n_montage)
+    # The cases a warning names are drawn first (a dozen at most), so the figure it points at shows them.
+    rows = max(args.n_montage, min(len(report.flagged), 12))
+    out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
     print(f"montage     {out}")
-    print("status      OK: no problems found; ready to train")
+    _print_findings(report)
+    if report.warnings:
+        print(f"status      OK with {len(report.warnings)} warning(s): ready to train; look at the warnings above")
+    else:
+        print("status      OK: no problems found; ready to train")
     return 0
 
 
