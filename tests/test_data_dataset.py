@@ -175,12 +175,13 @@ def test_warnings_name_the_case_and_the_figure(task):
     _rewrite(float_lbl, _data(float_lbl).astype(np.float32))
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (task / sub / "._synmri_000.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (task / "._dataset.json").write_bytes(b"\x00\x05\x16\x07")
     meta = _meta(task)
     meta["numTraining"], meta["numTest"] = 99, 3
     _write_meta(task, meta)
 
     report = check_task(task)
-    assert report.errors == [] and len(report.warnings) == 7, report.warnings
+    assert report.errors == [] and len(report.warnings) == 8, report.warnings
     montage = str(task / "montage.png")
     msg = _line_for(report.warnings, affine_lbl)
     assert "affine differs" in msg and "origin" in msg and "synmri_000" in msg and montage in msg
@@ -190,11 +191,12 @@ def test_warnings_name_the_case_and_the_figure(task):
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         line = next(w for w in report.warnings if w.startswith(f"{task / sub}:"))
         assert "1 macOS '._' AppleDouble file(s) (._synmri_000.nii.gz)" in line and "-delete" in line
+    assert any(w.startswith(f"{task}: 1 macOS '._' AppleDouble file(s) (._dataset.json)") for w in report.warnings)
     text = "\n".join(report.warnings)
     assert "numTraining is 99 but 'training' lists 6 entries" in text and "numTest is 3 but 'test' lists 1" in text
     assert [c["label"] for c in report.flagged] == [affine_lbl, float_lbl]  # drawn first in the montage
 
-    with pytest.warns(DatasetWarning, match="7 warning") as caught:
+    with pytest.warns(DatasetWarning, match="8 warning") as caught:
         info = load_task(task)
     assert info.warnings == report.warnings and len(caught) == 1
     assert validate_task(task) == [] and validate_task(task, strict=True) == report.warnings

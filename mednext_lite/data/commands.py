@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
-from ..safe_io import atomic_write
+from ..safe_io import UnsafePathError, atomic_write
 from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
@@ -239,7 +239,11 @@ def _run_inspect(args: argparse.Namespace) -> int:
     print(summarize_task(info, max_cases=args.max_cases, progress=True))
     # The cases a warning names are drawn first (a dozen at most), so the figure it points at shows them.
     rows = max(args.n_montage, min(len(report.flagged), 12))
-    out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
+    try:
+        out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
+    except UnsafePathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"montage     {out}")
     _print_findings(report)
     if report.warnings:

@@ -211,7 +211,10 @@ def _resolve_inside(task_dir: Path, rel: Any, where: str) -> tuple[Path | None, 
     if os.path.isabs(rel):
         return None, (f"{path}: {where} = {rel!r} is an absolute path; dataset.json paths are relative to the "
                       f"task folder: move the file into it and write './imagesTr/{Path(rel).name}'")
-    resolved = (task_dir / rel).resolve()
+    try:
+        resolved = (task_dir / rel).resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        return None, f"{path}: {where} = {rel!r} cannot be resolved ({err}); replace the link by the file"
     if not resolved.is_relative_to(task_dir.resolve()):
         return None, (f"{path}: {where} = {rel!r} leads outside the task folder (to {resolved}); move the file "
                       "into the task folder and list it relative to it")
@@ -249,7 +252,7 @@ def _parse_cases(task_dir: Path, meta: dict[str, Any]) -> tuple[list[dict[str, P
             errors.append(f"{path}: training[{i}] = {entry!r} needs both 'image' and 'label' paths")
             continue
         image, label = place(entry["image"], f"training[{i}].image"), place(entry["label"], f"training[{i}].label")
-        if image and label:
+        if image is not None and label is not None:
             training.append({"image": image, "label": label})
     # Some derived datasets store test entries as {"image": ...}; accept both forms.
     test = [place(e.get("image") if isinstance(e, dict) else e, f"test[{i}]") for i, e in enumerate(entries("test"))]
@@ -483,9 +486,10 @@ def _check_entry(report: TaskReport, entry: dict[str, Path], read_data: bool) ->
 
 
 def _appledouble_warnings(task_dir: Path) -> list[str]:
-    """One line per image folder holding macOS "._" resource-fork files (the released archives do)."""
+    """One line per folder (the task's and its image folders) holding macOS "._" resource-fork
+    files, as the released archives do."""
     lines = []
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+    for sub in ("", "imagesTr", "labelsTr", "imagesTs"):
         folder = task_dir / sub
         found = sorted(p.name for p in folder.iterdir() if p.name.startswith("._")) if folder.is_dir() else []
         if found:
