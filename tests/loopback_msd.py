@@ -1,6 +1,7 @@
 """Test helpers for the data layer: MSD-layout archives built on the fly and a loopback HTTP
-server with Range support and a switchable mid-transfer cut, so the download code is tested
-against a real server on 127.0.0.1 without touching the network.
+server with Range support, a switchable mid-transfer cut and a trickle mode (a server that
+sends a byte now and then, forever as far as the client can tell), so the download code is
+tested against a real server on 127.0.0.1 without touching the network.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 
 from mednext_lite.data.synthetic import synthesize_case
 
-__all__ = ["LoopbackServer", "build_msd_archive", "tar_add_bytes"]
+__all__ = ["LoopbackServer", "build_gzip_bomb", "build_msd_archive", "tar_add_bytes"]
 
 
 def tar_add_bytes(tar: tarfile.TarFile, name: str, data: bytes, *, kind: bytes = tarfile.REGTYPE,
@@ -79,6 +81,30 @@ def build_msd_archive(
     return path
 
 
+class _Zeros:
+    """A file-like source of ``n`` zero bytes, so a bomb is built without holding it in memory."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def build_gzip_bomb(path: str | Path, task_name: str = "Task99_Bomb", *, size: int = 64 << 20) -> Path:
+    """Write a tar.gz at ``path`` holding ``<task_name>/dataset.json`` and one member of ``size``
+    zero bytes: it is about ``size / 1000`` on disk (gzip's best ratio on zeros)."""
+    path = Path(path)
+    with tarfile.open(path, "w:gz", compresslevel=9) as tar:
+        tar_add_bytes(tar, f"{task_name}/dataset.json", b"{}")
+        info = tarfile.TarInfo(f"{task_name}/imagesTr/bomb.nii")
+        info.size, info.mode = size, 0o644
+        tar.addfile(info, _Zeros(size))
+    return path
+
+
 def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
     import gzip
 
@@ -89,13 +115,21 @@ class LoopbackServer:
     """A threaded HTTP server on 127.0.0.1 (random free port) serving ``files`` (URL path ->
     bytes) with ``Range: bytes=N-`` support. ``cut_next`` makes the next N full or partial
     responses stop after ``cut_fraction`` of their body and drop the connection, as a flaky
-    network does. Every request is logged in ``requests`` as ``(path, range header or None)``.
-    Use as a context manager; ``url(path)`` gives the address."""
+    network does. ``trickle="body"`` sends the headers (with the full Content-Length) and then
+    the body at ``trickle_rate`` bytes per second; ``trickle="headers"`` sends the status line and
+    then header bytes at that rate; either stops by itself after ``trickle_for`` seconds or when
+    the server closes, so no test can hang on it. Every request is logged in ``requests`` as
+    ``(path, range header or None)``. Use as a context manager; ``url(path)`` gives the address."""
 
-    def __init__(self, files: dict[str, bytes], *, cut_next: int = 0, cut_fraction: float = 0.5):
+    def __init__(self, files: dict[str, bytes], *, cut_next: int = 0, cut_fraction: float = 0.5,
+                 trickle: str | None = None, trickle_rate: float = 1.0, trickle_for: float = 10.0):
+        if trickle not in (None, "body", "headers"):
+            raise ValueError(f"trickle={trickle!r}: use None, 'body' or 'headers'")
         self.files = dict(files)
         self.cut_next = cut_next
         self.cut_fraction = cut_fraction
+        self.trickle, self.trickle_rate, self.trickle_for = trickle, trickle_rate, trickle_for
+        self._closing = threading.Event()
         self.requests: list[tuple[str, str | None]] = []
         self.bytes_sent = 0
         self._lock = threading.Lock()
@@ -116,6 +150,10 @@ class LoopbackServer:
                 if data is None:
                     self.send_error(404)
                     return
+                if server.trickle == "headers":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    self._drip(b"X-Slow: " + b"a" * 1_000_000)
+                    return
                 start = 0
                 if rng and rng.startswith("bytes=") and rng.endswith("-"):
                     start = int(rng[6:-1])
@@ -133,6 +171,9 @@ class LoopbackServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
+                if server.trickle == "body":
+                    self._drip(body)
+                    return
                 if cut:
                     body = body[: int(len(body) * server.cut_fraction)]
                     self.close_connection = True
@@ -140,6 +181,21 @@ class LoopbackServer:
                 self.wfile.flush()
                 with server._lock:
                     server.bytes_sent += len(body)
+
+            def _drip(self, data: bytes) -> None:
+                # One byte per 1/rate seconds until the time is up, the data ends, the client
+                # hangs up or the server closes; then drop the connection.
+                self.close_connection = True
+                stop = time.monotonic() + server.trickle_for
+                try:
+                    for i in range(len(data)):
+                        if time.monotonic() > stop or server._closing.wait(1.0 / server.trickle_rate):
+                            return
+                        self.wfile.write(data[i:i + 1])
+                        with server._lock:
+                            server.bytes_sent += 1
+                except OSError:
+                    return  # the client gave up, which is what the test wants
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
@@ -159,6 +215,7 @@ class LoopbackServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)

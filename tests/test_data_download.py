@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tarfile
+import time
 
 import pytest
-from loopback_msd import LoopbackServer, build_msd_archive, tar_add_bytes
+from loopback_msd import LoopbackServer, build_gzip_bomb, build_msd_archive, tar_add_bytes
 
 from mednext_lite.data import (
     DownloadError,
     download_task,
+    fetch_archive,
     get_task,
     load_task,
     resolve_data_dir,
     safe_extract,
 )
+from mednext_lite.data.catalogue import validate_task_name
 from mednext_lite.data.commands import download_main
-from mednext_lite.data.download import EXTRACTED_MARKER
+from mednext_lite.data.download import EXTRACTED_MARKER, ArchiveLimitError, ExtractLimits, TransferLimits
 
 TASK = "Task04_Hippocampus"
 
@@ -234,3 +238,243 @@ def test_catalogue_matches_monai_decathlon_table():
         assert task.md5 == DecathlonDataset.md5[name] and task.url == DecathlonDataset.resource[name]
         assert task.labels[0] == "background" and task.tensor_image_size in ("3D", "4D")
         assert (task.tensor_image_size == "4D") == (len(task.modality) > 1)
+
+
+
+# ----------------------------------------------------------------------------- extraction limits
+
+BOMB = "Task99_Bomb"
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    # 64 MiB of zeros in about 65 KB: small enough to build in half a second, big enough that
+    # an 8 MiB limit and the default expansion ratio must both refuse it.
+    path = build_gzip_bomb(tmp_path_factory.mktemp("bomb") / "bomb.tar.gz", BOMB, size=64 << 20)
+    return path.read_bytes()
+
+
+def _files_under(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("with_md5", [True, False])
+def test_gzip_bomb_is_refused_at_its_header_and_nothing_is_written(tmp_path, bomb, with_md5):
+    md5 = hashlib.md5(bomb).hexdigest() if with_md5 else None
+    limits = ExtractLimits(max_bytes=8 << 20)
+    start = time.perf_counter()
+    with LoopbackServer({"/b.tgz": bomb}) as srv, pytest.raises(ArchiveLimitError) as err:
+        download_task(BOMB, tmp_path, url=srv.url("b.tgz"), md5=md5, progress=False, limits=limits)
+    msg = str(err.value)
+    assert f"{BOMB}.tar" in msg and "max_bytes=8.0 MiB" in msg and "ExtractLimits(max_bytes=" in msg
+    assert "nothing was written" in msg
+    # Refused at the header: the 64 MiB body was never even decompressed.
+    assert time.perf_counter() - start < 5
+    kept = f"{BOMB}.tar" if with_md5 else f"{BOMB}.tar.part"
+    assert _files_under(tmp_path) == [kept] and sorted(p.name for p in tmp_path.iterdir()) == [kept]
+    if not with_md5:
+        # The message's advice works: a raised limit finishes from the kept file, no byte refetched.
+        with LoopbackServer({"/b.tgz": bomb}) as srv:
+            task_dir = download_task(BOMB, tmp_path, url=srv.url("b.tgz"), progress=False,
+                                     limits=ExtractLimits(max_bytes=128 << 20, max_ratio=10_000))
+            assert srv.bytes_sent == 0
+        assert (task_dir / "imagesTr" / "bomb.nii").stat().st_size == 64 << 20
+        assert (task_dir / EXTRACTED_MARKER).read_text().strip() == "unverified"
+
+
+def test_default_limits_refuse_a_gzip_bomb_by_its_ratio(tmp_path, bomb):
+    path = tmp_path / "bomb.tar.gz"
+    path.write_bytes(bomb)
+    target = tmp_path / "out"
+    with pytest.raises(ArchiveLimitError, match=r"max_ratio=100\b") as err:
+        safe_extract(path, target, progress=False)
+    assert str(path) in str(err.value) and "ExtractLimits(max_ratio=" in str(err.value)
+    assert not target.exists()  # the folder this call made is gone again
+
+
+def test_member_count_limit(tmp_path):
+    path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=2, n_test=1)
+    with tarfile.open(path) as tar:
+        n_members = len(tar.getmembers())
+    assert n_members == 6
+    with pytest.raises(ArchiveLimitError, match="more than 5 members.*max_members=5"):
+        safe_extract(path, tmp_path / "out", progress=False, limits=ExtractLimits(max_members=5))
+    assert not (tmp_path / "out").exists()
+    assert len(safe_extract(path, tmp_path / "ok", progress=False, limits=ExtractLimits(max_members=6))) == 6
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match=r"max_bytes=0"):
+        ExtractLimits(max_bytes=0)
+    with pytest.raises(ValueError, match=r"window=-1"):
+        TransferLimits(window=-1)
+
+
+# ----------------------------------------------------------------------------- completeness without an MD5
+
+CUSTOM = "Task99_Custom"
+
+
+def _damaged(data: bytes, how: str) -> bytes:
+    with tarfile.open(fileobj=__import__("io").BytesIO(data)) as tar:
+        third = tar.getmembers()[3]
+    if how == "cut_at_member":  # tarfile alone reads this as a shorter, finished archive
+        return data[: third.offset]
+    if how == "cut_in_header":
+        return data[: third.offset + 100]
+    packed = gzip.compress(data, mtime=0)
+    if how == "gz_tail_missing":  # every member and the end marker are there; the gzip trailer is not
+        return packed[:-8]
+    if how == "gz_crc_flipped":
+        return packed[:-8] + bytes([packed[-8] ^ 0xFF]) + packed[-7:]
+    raise AssertionError(how)
+
+
+@pytest.fixture(scope="module")
+def custom_archive(tmp_path_factory):
+    return build_msd_archive(tmp_path_factory.mktemp("custom") / "c.tar", CUSTOM, n_train=3, n_test=1).read_bytes()
+
+
+@pytest.mark.parametrize("how", ["cut_at_member", "cut_in_header", "gz_tail_missing", "gz_crc_flipped"])
+def test_incomplete_archive_without_md5_is_refused_and_never_marked_done(tmp_path, custom_archive, how):
+    served = _damaged(custom_archive, how)
+    with LoopbackServer({"/c.tar": served}) as srv:
+        for _ in range(2):  # a re-run meets the same refusal: nothing was marked finished
+            with pytest.raises(DownloadError, match="not a complete tar") as err:
+                download_task(CUSTOM, tmp_path, url=srv.url("c.tar"), progress=False, retries=0)
+            msg = str(err.value)
+            assert srv.url("c.tar") in msg and "no MD5" in msg and "Run again" in msg
+            assert not (tmp_path / CUSTOM).exists()
+            assert _files_under(tmp_path) == [f"{CUSTOM}.tar.damaged"]
+            assert (tmp_path / f"{CUSTOM}.tar.damaged").read_bytes() == served
+    # The whole archive, served right, goes through without an MD5 too.
+    with LoopbackServer({"/c.tar": custom_archive}) as srv:
+        task_dir = download_task(CUSTOM, tmp_path, url=srv.url("c.tar"), progress=False)
+    assert (task_dir / EXTRACTED_MARKER).read_text().strip() == "unverified"
+    assert len(load_task(task_dir).training) == 3
+
+
+def test_existing_incomplete_archive_is_named_not_extracted(tmp_path, custom_archive):
+    (tmp_path / f"{CUSTOM}.tar").write_bytes(_damaged(custom_archive, "cut_at_member"))
+    with LoopbackServer({"/c.tar": custom_archive}) as srv:
+        with pytest.raises(DownloadError, match="exists but is not a complete tar.*Move or delete"):
+            download_task(CUSTOM, tmp_path, url=srv.url("c.tar"), progress=False)
+        assert srv.requests == []
+    assert not (tmp_path / CUSTOM).exists()
+
+
+@pytest.mark.parametrize("how", ["garbage", "cut_in_header", "gz_tail_missing", "gz_crc_flipped", "gz_body_flipped"])
+def test_damaged_archive_errors_become_download_errors(tmp_path, custom_archive, how):
+    if how == "garbage":
+        data = gzip.compress(b"this is not a tar file" * 100)
+    elif how == "gz_body_flipped":
+        packed = bytearray(gzip.compress(custom_archive, mtime=0))
+        for i in range(len(packed) // 2, len(packed) // 2 + 64):
+            packed[i] ^= 0x5A
+        data = bytes(packed)
+    else:
+        data = _damaged(custom_archive, how)
+    path = tmp_path / "broken.tar.gz"
+    path.write_bytes(data)
+    with pytest.raises(DownloadError) as err:
+        safe_extract(path, tmp_path / "out", progress=False)
+    msg = str(err.value)
+    assert str(path) in msg and "download it again" in msg
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- extraction never overwrites
+
+def test_extraction_does_not_overwrite_and_undoes_its_own_files(tmp_path):
+    path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=2, n_test=0)
+    target = tmp_path / "out"
+    mine = target / TASK / "labelsTr" / "case_001.nii.gz"  # the archive's last member
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(DownloadError, match="refusing to extract over .*case_001.nii.gz"):
+        safe_extract(path, target, progress=False)
+    assert mine.read_bytes() == b"the user's own file"
+    assert _files_under(target) == [f"{TASK}/labelsTr/case_001.nii.gz"]  # the earlier members were removed
+
+
+def test_extraction_does_not_follow_a_symlinked_folder(tmp_path):
+    path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=1, n_test=0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "out"
+    (target / TASK).mkdir(parents=True)
+    (target / TASK / "imagesTr").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(DownloadError, match="unsafe members|leads outside"):
+        safe_extract(path, target, progress=False)
+    assert list(outside.iterdir()) == []
+    assert _files_under(target) == []
+
+
+# ----------------------------------------------------------------------------- slow servers
+
+FAST_GIVE_UP = TransferLimits(timeout=10.0, min_rate=64.0, window=0.5, deadline=None)
+
+
+@pytest.mark.parametrize("trickle", ["body", "headers"])
+def test_trickling_server_is_abandoned_and_a_rerun_resumes(tmp_path, archive, trickle):
+    data, md5 = archive
+    start = time.perf_counter()
+    with LoopbackServer({"/t.tar": data}, trickle=trickle, trickle_rate=4.0) as srv:
+        with pytest.raises(DownloadError) as err:
+            download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False, retries=0,
+                          transfer=FAST_GIVE_UP)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5, elapsed  # 1 byte/s of a real archive would take hours; per-read timeouts never fire
+    part = tmp_path / f"{TASK}.tar.part"
+    msg = str(err.value)
+    assert srv.url("t.tar") in msg and "stalled" in msg and "64 bytes/s" in msg
+    assert "resume" in msg and str(part) in msg
+    have = part.stat().st_size if part.exists() else 0
+    assert f"{have} bytes are kept" in msg
+    if trickle == "body":
+        assert have >= 1 and data.startswith(part.read_bytes())
+    with LoopbackServer({"/t.tar": data}) as srv:
+        task_dir = download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False)
+        assert srv.requests == [("/t.tar", f"bytes={have}-" if have else None)]
+    assert len(load_task(task_dir).training) == 3
+
+
+def test_attempt_deadline(tmp_path, archive):
+    data, md5 = archive
+    limits = TransferLimits(timeout=10.0, min_rate=1.0, window=0.3, deadline=1.0)
+    start = time.perf_counter()
+    with LoopbackServer({"/t.tar": data}, trickle="body", trickle_rate=100.0) as srv:
+        with pytest.raises(DownloadError, match="deadline of 1 s") as err:
+            fetch_archive(srv.url("t.tar"), tmp_path / "t.tar", md5=md5, progress=False, retries=0, transfer=limits)
+    assert 1.0 <= time.perf_counter() - start < 4
+    assert "Run the same command again to resume" in str(err.value)
+    assert 20 < (tmp_path / "t.tar.part").stat().st_size < len(data)
+
+
+# ----------------------------------------------------------------------------- task names
+
+@pytest.mark.parametrize("name", ["../../x", "ABSOLUTE", "a/b", "a\\b", "", "..", ".hidden"])
+def test_task_names_that_leave_the_root_are_refused_before_any_write(tmp_path, archive, name):
+    data, md5 = archive
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "abs_task")
+    root = tmp_path / "deep" / "root"
+    with LoopbackServer({"/t.tar": data}) as srv:
+        with pytest.raises(DownloadError, match="task name") as err:
+            download_task(name, root, url=srv.url("t.tar"), md5=md5, progress=False)
+        assert srv.requests == []
+    assert repr(name) in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validate_task_name_and_cli_message(tmp_path, capsys):
+    assert validate_task_name("Task04_Hippocampus") == "Task04_Hippocampus"
+    assert validate_task_name("my task-2.v1") == "my task-2.v1"
+    for bad, why in [("../../x", "climbs out"), ("/etc", "absolute"), ("a/b", "separator"), ("C:x", "drive"),
+                     ("  ", "empty"), (".", "data root itself"), ("a\x00b", "control"), ("x" * 256, "255")]:
+        with pytest.raises(ValueError, match=why):
+            validate_task_name(bad)
+    rc = download_main(["../../x", "--data-dir", str(tmp_path / "root"), "--url", "http://127.0.0.1:9/t.tar",
+                        "--no-progress"])
+    assert rc == 1 and "'../../x'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

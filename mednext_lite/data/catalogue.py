@@ -14,7 +14,7 @@ from pathlib import Path
 
 from monai.apps import DecathlonDataset
 
-__all__ = ["DATA_ENV_VAR", "MSD_TASKS", "MSDTask", "get_task", "resolve_data_dir"]
+__all__ = ["DATA_ENV_VAR", "MSD_TASKS", "MSDTask", "get_task", "resolve_data_dir", "validate_task_name"]
 
 #: Environment variable that overrides the default data root (``./data``).
 DATA_ENV_VAR = "MEDNEXT_DATA"
@@ -112,3 +112,34 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path("data")
+
+
+def validate_task_name(name: str) -> str:
+    """Return ``name`` if it can be used as one folder directly under the data root, else raise
+    ``ValueError`` naming it. Refused: empty or blank names, "." and "..", absolute paths, names
+    holding a path separator (``/``, ``\\``) or a drive colon, control characters, names starting
+    with "." (the data root's hidden folders, such as ``.cache``, are the package's own), and names
+    longer than 255 characters. Call it before anything is written under the root: a name such as
+    ``../../x`` would otherwise place a task outside it."""
+    text = str(name)
+    fix = "use a plain folder name such as Task04_Hippocampus, or pass the task's folder as a path"
+    if not text.strip():
+        raise ValueError(f"task name {text!r} is empty: {fix}")
+    if text == ".":
+        raise ValueError(f"task name {text!r} names the data root itself, not a task folder: {fix}")
+    if ".." in text.replace("\\", "/").split("/"):
+        raise ValueError(f"task name {text!r} climbs out of the data root: {fix}")
+    if os.path.isabs(text) or text.startswith(("/", "\\")):
+        raise ValueError(f"task name {text!r} is an absolute path, not a name: {fix}")
+    separators = {"/", "\\", ":", os.sep, os.altsep or "/"}
+    if any(sep in text for sep in separators):
+        found = " ".join(repr(sep) for sep in sorted(separators & set(text)))
+        raise ValueError(f"task name {text!r} holds a path separator or drive colon ({found}): {fix}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise ValueError(f"task name {text!r} holds a control character: {fix}")
+    if text.startswith("."):
+        raise ValueError(f"task name {text!r} starts with '.': hidden folders of the data root belong to "
+                         f"mednext_lite (cache, extraction staging); {fix}")
+    if len(text) > 255:
+        raise ValueError(f"task name of {len(text)} characters is longer than a folder name may be (255): {fix}")
+    return text
