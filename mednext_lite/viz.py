@@ -11,12 +11,14 @@ is what makes anisotropic MRI look right. Training curves (:func:`plot_curves`) 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import ListedColormap
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap, to_rgba_array
 from matplotlib.figure import Figure
 
 __all__ = [
@@ -65,13 +67,36 @@ HEADLESS_ENV_VAR = "MEDNEXT_LITE_HEADLESS"
 
 _LABEL_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
+# NaN and inf voxels are masked by imshow and drawn in the "bad" colour, which is transparent by
+# default; painting them the lowest grey (black) keeps the slice an unbroken picture.
+_IMAGE_CMAP = colormaps["gray"].with_extremes(bad=colormaps["gray"](0.0))
+
+# Label values up to this keep one fixed colour per value (the same in every case of a task);
+# larger or negative ones get consecutive colours in sorted order, so a label 10**6 costs one entry.
+_DENSE_LABELS = 64
+
+# More legend entries than this are summarised as "... and N more" (a legend of thousands hangs).
+_MAX_LEGEND = 24
+
 
 def ct_window(level: float, width: float) -> tuple[float, float]:
     """Display limits ``(vmin, vmax)`` of a CT window given as level (its centre) and width (its
     whole span), both in Hounsfield units."""
-    if not width > 0:
-        raise ValueError(f"CT window width={width!r} must be positive, e.g. 400 for soft tissue")
+    if not (width > 0 and math.isfinite(width)):
+        raise ValueError(f"CT window width={width!r} must be positive and finite, e.g. 400 for soft tissue")
+    if not math.isfinite(level):
+        raise ValueError(f"CT window level={level!r} must be a finite number of HU, e.g. 40 for soft tissue")
     return level - width / 2, level + width / 2
+
+
+def _finite_values(volume: np.ndarray) -> np.ndarray:
+    """The volume's values without NaN and inf (the volume itself when it has none)."""
+    array = np.asarray(volume)
+    if array.dtype.kind == "f":
+        finite = np.isfinite(array)
+        if not finite.all():
+            return array[finite]
+    return array
 
 
 def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_ct: bool = False) -> tuple[float, float]:
@@ -79,13 +104,18 @@ def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_c
 
     CT names (:data:`CT_WINDOWS`) are level/width in Hounsfield units, fixed by physics, so they do
     not look at the data. MRI names (:data:`MRI_WINDOWS`) are percentiles of the WHOLE volume, so the
-    brightness does not jump while scrolling through slices.
+    brightness does not jump while scrolling through slices. Percentiles ignore NaN and inf voxels
+    (one of them would otherwise turn the limits into NaN and the slice into one flat colour); a
+    volume with no finite voxel gets ``(0, 1)``. Explicit limits must be finite.
     """
     if isinstance(window, str):
         if is_ct and window in CT_WINDOWS:
             return ct_window(*CT_WINDOWS[window])
         if window in MRI_WINDOWS:
-            lo, hi = np.percentile(np.asarray(volume, dtype=np.float64), MRI_WINDOWS[window])
+            values = _finite_values(volume)
+            if values.size == 0:
+                return 0.0, 1.0
+            lo, hi = np.percentile(values.astype(np.float64, copy=False), MRI_WINDOWS[window])
             return float(lo), float(hi) if hi > lo else float(lo) + 1.0
         names = list(CT_WINDOWS) + list(MRI_WINDOWS) if is_ct else list(MRI_WINDOWS)
         raise ValueError(f"unknown window {window!r} for a {'CT' if is_ct else 'non-CT'} image: "
@@ -94,6 +124,8 @@ def window_limits(volume: np.ndarray, window: str | tuple[float, float], *, is_c
         vmin, vmax = (float(v) for v in window)
     except (TypeError, ValueError):
         raise TypeError(f"window={window!r} must be a preset name or a (vmin, vmax) pair of numbers") from None
+    if not (math.isfinite(vmin) and math.isfinite(vmax)):
+        raise ValueError(f"window {window!r} must be two finite numbers, e.g. (0, 1000)")
     if not vmax > vmin:
         raise ValueError(f"window {window!r} needs vmax > vmin, e.g. ({vmin}, {vmin + 100})")
     return vmin, vmax
@@ -136,9 +168,27 @@ def slice_aspect(spacing: Sequence[float], plane: str) -> float:
 
 
 def label_colormap(num_labels: int) -> ListedColormap:
-    """A qualitative colour map for labels 1..num_labels (background is masked, so transparent)."""
-    colours = [_LABEL_COLOURS[i % len(_LABEL_COLOURS)] for i in range(max(1, num_labels))]
+    """A qualitative colour map with ``num_labels`` entries, one per label drawn (background is
+    masked, so transparent); the colours repeat every eight. :class:`SliceViewer` asks for one entry
+    per label value it shows, so sparse values such as {1, 10**6} cost two entries, not a million."""
+    if isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 0:
+        raise ValueError(f"num_labels={num_labels!r} must be a non-negative integer (the number of labels drawn)")
+    # Tiled as an array: a list of a million colour names would take seconds to parse.
+    colours = np.resize(to_rgba_array(_LABEL_COLOURS), (max(1, int(num_labels)), 4))
     return ListedColormap(colours, name="labels")
+
+
+def _label_values(label: np.ndarray, name: str) -> set[int]:
+    """The distinct values of a label map, refusing values that are not integers."""
+    values = np.unique(label)
+    if values.dtype.kind == "f":
+        bad = values[~np.isfinite(values) | (values != np.round(values))]
+        if bad.size:
+            raise ValueError(f"{name} holds {float(bad[0])}, which is not an integer label: label maps hold integers "
+                             f"(pass np.rint({name}).astype(int), and replace NaN/inf first)")
+    elif values.dtype.kind not in "iub":
+        raise TypeError(f"{name} has dtype {values.dtype}: pass an integer label map, e.g. {name}.astype(int)")
+    return {int(v) for v in values}
 
 
 def figure_png(fig: Figure, dpi: int = 90) -> Any:
@@ -190,10 +240,15 @@ class SliceViewer:
         prediction: predicted label map (optional); enables "side by side" and "contours".
         spacing: voxel size in mm per axis; the axes are drawn in mm so proportions are true.
         is_ct: use Hounsfield-unit windows (soft tissue, bone, lung) instead of percentiles.
-        label_names: value -> name, for the legend (background 0 is never drawn).
+        label_names: value -> name, for the legend (background 0 is never drawn). Labels 1..64 keep
+            one colour per value; sparse or large values (say {1, 10**6}) get consecutive colours,
+            one colour-map entry per value present, and the legend keeps their real values.
         plane, index, window, alpha, mode, channel: the initial view (index defaults to the slice
             with the most foreground, or the middle slice).
         title: figure title prefix.
+
+    NaN and inf voxels of the image do not move the percentile windows and are drawn black (the
+    lowest grey); label maps must hold integers (float maps of whole numbers are fine).
     """
 
     def __init__(
@@ -226,13 +281,22 @@ class SliceViewer:
             raise ValueError(f"spacing={spacing} must be three positive sizes in mm, e.g. (1.0, 1.0, 2.5)")
         self.spacing = spacing
         self.is_ct = bool(is_ct)
-        values = set()
-        for lab in (self.label, self.prediction):
+        present: set[int] = set()
+        for lab, name in ((self.label, "label"), (self.prediction, "prediction")):
             if lab is not None:
-                values |= {int(v) for v in np.unique(lab) if v != 0}
-        names = dict(label_names or {})
-        self.num_labels = max(values | {k for k in names if k != 0} | {1})
-        self.label_names = {k: names.get(k, f"label {k}") for k in range(1, self.num_labels + 1)}
+                present |= _label_values(lab, name)
+        try:
+            names = {int(k): str(v) for k, v in dict(label_names or {}).items()}
+        except (TypeError, ValueError):
+            raise TypeError(f"label_names={label_names!r} must map integer label values to names, "
+                            "e.g. {1: 'tumour'}") from None
+        shown = sorted((present | set(names)) - {0}) or [1]
+        #: value -> legend name, for every non-zero value present or named.
+        self.label_names = {v: names.get(v, f"label {v}") for v in shown}
+        # The label value drawn by each colour-map entry, sorted.
+        self._colour_values = (np.arange(1, shown[-1] + 1) if shown[0] >= 1 and shown[-1] <= _DENSE_LABELS
+                              else np.asarray(shown, dtype=np.int64))
+        self.num_labels = len(self._colour_values)
         self.cmap = label_colormap(self.num_labels)
         self.title = title
         _plane_axis(plane)
@@ -262,7 +326,7 @@ class SliceViewer:
         source = self.label if self.label is not None else self.prediction
         if source is not None and source.any():
             other = tuple(a for a in range(3) if a != axis)
-            return int(np.argmax((source > 0).sum(axis=other)))
+            return int(np.argmax((source != 0).sum(axis=other)))
         return self.num_slices(plane) // 2
 
     @property
@@ -315,8 +379,12 @@ class SliceViewer:
                 raise ValueError(f"slice index {index} is outside the {self.plane} range 0..{self.num_slices() - 1}")
             self.index = index
         if "window" in changes and changes["window"] is not None:
-            window_limits(self.image, changes["window"], is_ct=self.is_ct)  # validates
-            self.window = changes["window"]
+            previous, self.window = self.window, changes["window"]
+            try:
+                _ = self.limits  # validates, and memoises the percentiles for the redraw
+            except (TypeError, ValueError):
+                self.window = previous
+                raise
         if "alpha" in changes and changes["alpha"] is not None:
             alpha = float(changes["alpha"])
             if not 0.0 <= alpha <= 1.0:
@@ -343,21 +411,33 @@ class SliceViewer:
         return [("ground truth" if self.label is not None else ("prediction" if label is not None else "image"),
                  label, "fill")]
 
+    def _colour_index(self, label: np.ndarray) -> np.ndarray:
+        """1-based colour-map entry of each value of ``label`` (0 for background and unknown values);
+        equal to the label itself when the labels are 1..N with N <= 64."""
+        label = np.asarray(label)
+        pos = np.minimum(np.searchsorted(self._colour_values, label), self.num_labels - 1)
+        hit = (self._colour_values[pos] == label) & (label != 0)
+        return np.where(hit, pos + 1, 0)
+
+    def _label_colour(self, value: int) -> tuple[float, float, float, float]:
+        """The RGBA colour of label ``value`` in every panel and in the legend."""
+        return self.cmap(int(self._colour_index(np.asarray([value]))[0]) - 1)
+
     def _draw_labels(self, ax: Any, label: np.ndarray, extent: tuple, style: str, linestyle: str = "solid") -> None:
         sl = extract_slice(label, self.plane, self.index)
         if style == "fill":
-            ax.imshow(np.ma.masked_equal(sl, 0), cmap=self.cmap, vmin=0.5, vmax=self.num_labels + 0.5,
-                      alpha=self.alpha, origin="lower", extent=extent, interpolation="nearest")
+            ax.imshow(np.ma.masked_equal(self._colour_index(sl), 0), cmap=self.cmap, vmin=0.5,
+                      vmax=self.num_labels + 0.5, alpha=self.alpha, origin="lower", extent=extent,
+                      interpolation="nearest")
             return
         # Contours on the voxel-centre grid, so a one-voxel structure still gets a closed line.
         ny, nx = sl.shape
         x = np.linspace(extent[0], extent[1], nx, endpoint=False) + (extent[1] - extent[0]) / (2 * nx)
         y = np.linspace(extent[2], extent[3], ny, endpoint=False) + (extent[3] - extent[2]) / (2 * ny)
-        for value in range(1, self.num_labels + 1):
-            mask = (sl == value).astype(float)
-            if mask.any():
-                ax.contour(x, y, mask, levels=[0.5], colors=[self.cmap(value - 1)], linestyles=linestyle,
-                           linewidths=1.5)
+        for value in np.unique(sl):  # only the values in this slice, however large they are
+            if value != 0:
+                ax.contour(x, y, (sl == value).astype(float), levels=[0.5], colors=[self._label_colour(value)],
+                           linestyles=linestyle, linewidths=1.5)
 
     def draw_on(self, axes: Sequence[Any]) -> None:
         """Draw the current state onto ``axes`` (one per panel); used by the widget figure and by
@@ -366,7 +446,7 @@ class SliceViewer:
         vmin, vmax = self.limits
         image = extract_slice(self.image, self.plane, self.index)
         for ax, (name, label, style) in zip(axes, self._panels()):
-            ax.imshow(image, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", extent=extent,
+            ax.imshow(image, cmap=_IMAGE_CMAP, vmin=vmin, vmax=vmax, origin="lower", extent=extent,
                       interpolation="nearest")
             if style == "contours":
                 if self.label is not None:
@@ -388,7 +468,11 @@ class SliceViewer:
         if self.label is not None or self.prediction is not None:
             from matplotlib.patches import Patch
 
-            handles = [Patch(color=self.cmap(k - 1), label=f"{k}: {n}") for k, n in self.label_names.items()]
+            items = list(self.label_names.items())
+            keep = items if len(items) <= _MAX_LEGEND else items[:_MAX_LEGEND - 1]
+            handles = [Patch(color=self._label_colour(k), label=f"{k}: {n}") for k, n in keep]
+            if len(keep) < len(items):
+                handles.append(Patch(color="none", label=f"... and {len(items) - len(keep)} more"))
             fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
 
     def render(self) -> Figure:

@@ -168,3 +168,90 @@ def test_initial_plane_starts_at_its_best_slice(volume):
     viewer = viz.SliceViewer(image, label, plane="sagittal")
     assert viewer.plane == "sagittal" and viewer.index == 10  # x = 10, 11 hold 4 voxels of label 2 each
     np.testing.assert_array_equal(_image_artist(viewer).get_array(), image[10].T)
+
+
+def _drawn_rgba(artist):
+    """The colours an image artist paints: its data through its norm and colour map."""
+    return artist.to_rgba(artist.get_array(), bytes=True)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_one_non_finite_voxel_leaves_the_window_and_the_picture_alone(volume, bad):
+    image, label, _ = volume
+    spoilt = image.copy()
+    spoilt[7, 4, 5] = bad  # inside the slice the viewer opens on (axial 5)
+    finite = image[np.isfinite(spoilt)]  # the same volume without that voxel
+    for window in viz.MRI_WINDOWS:
+        limits = viz.window_limits(spoilt, window)
+        assert limits == viz.window_limits(finite, window) and all(np.isfinite(limits))
+    assert viz.window_limits(spoilt, "full range") == (0.0, float(image.max()))
+
+    viewer = viz.SliceViewer(spoilt, label)
+    clean = viz.SliceViewer(image, label, window=viewer.limits)  # same limits, no bad voxel
+    drawn, expected = _drawn_rgba(_image_artist(viewer)), _drawn_rgba(_image_artist(clean))
+    assert _image_artist(viewer).get_clim() == pytest.approx(viewer.limits)
+    assert len(np.unique(drawn.reshape(-1, 4), axis=0)) > 50  # a picture, not one flat colour
+    bad_pixel = (4, 7)  # rows = y, columns = x
+    np.testing.assert_array_equal(np.delete(drawn.reshape(-1, 4), 4 * 20 + 7, axis=0),
+                                  np.delete(expected.reshape(-1, 4), 4 * 20 + 7, axis=0))
+    np.testing.assert_array_equal(drawn[bad_pixel], [0, 0, 0, 255])  # the lowest grey: black
+    assert np.isfinite(viz.window_limits(np.full((3, 3, 3), np.nan), "1-99 %")).all()
+
+
+def test_non_finite_explicit_windows_are_refused():
+    with pytest.raises(ValueError, match=r"must be two finite numbers"):
+        viz.window_limits(np.zeros(3), (0.0, np.inf))
+    with pytest.raises(ValueError, match=r"must be two finite numbers"):
+        viz.window_limits(np.zeros(3), (np.nan, 1.0))
+    with pytest.raises(ValueError, match=r"level=nan must be a finite"):
+        viz.ct_window(np.nan, 400)
+    with pytest.raises(ValueError, match=r"width=inf must be positive and finite"):
+        viz.ct_window(40, np.inf)
+
+
+@pytest.mark.timeout(60)  # a colour per value up to 10**6 took minutes: fail instead of hanging
+def test_large_and_sparse_label_values_get_one_colour_each(volume):
+    image, label, _ = volume
+    sparse = np.where(label == 2, 10**6, label)  # values {0, 1, 10**6}
+    prediction = sparse.copy()
+    prediction[0, 0, 5] = -1  # an ignore-style negative value
+    viewer = viz.SliceViewer(image, sparse, prediction, label_names={1: "liver", 10**6: "tumour"})
+    assert viewer.cmap.N == viewer.num_labels == 3
+    assert viewer.label_names == {-1: "label -1", 1: "liver", 10**6: "tumour"}
+    legend = viewer.figure.legends[0]
+    assert [t.get_text() for t in legend.texts] == ["-1: label -1", "1: liver", "1000000: tumour"]
+
+    viewer.update(plane="axial", index=2)  # holds 10**6 only
+    for panel, source in ((0, sparse), (1, prediction)):
+        overlay = viewer.axes[panel].images[1]
+        assert int(np.ma.count(overlay.get_array())) == int((source[:, :, 2] != 0).sum()) == 4
+        colour = overlay.to_rgba(overlay.get_array())[7, 10]  # voxel (10, 7, 2) is 10**6
+        np.testing.assert_allclose(colour[:3], legend.legend_handles[2].get_facecolor()[:3])
+    viewer.update(mode="contours")
+    assert len(viewer.axes[0].collections) == 2  # 10**6 in ground truth and prediction
+
+    many = np.arange(image.size).reshape(image.shape)  # a wrong file passed as labels: 1919 values
+    crowded = viz.SliceViewer(image, many)
+    assert crowded.cmap.N == 1919
+    texts = [t.get_text() for t in crowded.figure.legends[0].texts]
+    assert len(texts) == 24 and texts[-1] == "... and 1896 more"
+
+
+def test_small_labels_keep_one_colour_per_value(volume):
+    image, label, _ = volume
+    gappy = np.where(label == 2, 3, label)  # {0, 1, 3}: colours by value, as in every other case
+    viewer = viz.SliceViewer(image, gappy)
+    assert viewer.num_labels == 3 and list(viewer.label_names) == [1, 3]
+    viewer.update(index=2)
+    overlay = viewer.axes[0].images[1]
+    assert set(np.ma.compressed(overlay.get_array())) == {3}  # the data is the label value itself
+
+
+def test_label_maps_must_hold_integers(volume):
+    image, label, _ = volume
+    with pytest.raises(ValueError, match=r"label holds nan, which is not an integer label.*np\.rint"):
+        viz.SliceViewer(image, np.where(label == 1, np.nan, label.astype(float)))
+    with pytest.raises(ValueError, match=r"prediction holds 0.5"):
+        viz.SliceViewer(image, label, label + 0.5)
+    viewer = viz.SliceViewer(image, label.astype(np.float32))  # whole numbers stored as floats are fine
+    assert viewer.label_names == {1: "label 1", 2: "label 2"}
