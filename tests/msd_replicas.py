@@ -54,8 +54,23 @@ SRC_MSD_PAPER = ("Simpson et al. 2019, arXiv:1902.09063, and Antonelli et al. 20
 SRC_HF_MSD_CARD = ("mtoan65/Medical_Segmentation_Decathlon dataset card (Hugging Face): counts and sources "
                    "per task, e.g. Heart 20+10, Liver 131+70 'IRCAD', Hippocampus 'Vanderbilt'")
 SRC_CATALOGUE = "mednext_lite/data/catalogue.py (modality and label tables of the ten tasks)"
-SRC_NNUNET_PAPER = ("Isensee et al. 2021, Nat. Methods 18:203 (arXiv:1904.08128), Supplementary Table SN1.1: "
-                    "median voxel spacing per MSD task (recalled, not re-read here; used as 'typical')")
+SRC_OPENMEDLAB = ("openmedlab/Awesome-Medical-Dataset resources/MSD_*.md and resources/LiTS.md (commit 81da0eee): "
+                  "min/median/max voxel spacing and size measured over each task's training cases, case file "
+                  "trees (BRATS_001, la_003, lung_001, pancreas_001, hepaticvessel_001, spleen_2, colon_001, "
+                  "prostate_00), and the downloaded counts (Lung: 63 training cases, Hippocampus: 260 + 130)")
+SRC_WFCRC_MSD = ("wfcrc/datasets/loaders/msd.py module notes (code search): checked against the real "
+                 "Task04_Hippocampus archive - dataset.json says numTraining 260, numTest 130 and spells "
+                 "\"relase\"; all 260 cases at 1.0 mm; the tree carries '._*' AppleDouble files and .DS_Store")
+SRC_LIVER_NAMES = ("liver case names liver_0, liver_1, liver_100, liver_127 (unpadded) in several code-search hits: "
+                   "DanielNobbe/ignition tests/test-data/liverv3_small (liver_0..liver_12), 3D Slicer SampleData "
+                   "acknowledgements (Task03_Liver imagesTr/liver_100.nii.gz)")
+SRC_LIVER_README = ("sssamaraaa/liver-3D-segmentation README.md: MSD Liver 'Release: Version 1.0 (May 4, 2018)', "
+                    "'Tensor Image Size: 3D', 'Modality: CT', CC-BY-SA 4.0 (values only, not key names)")
+SRC_LABEL_TABLES = ("code search: preprocessing scripts quoting each task's released \"modality\" and \"labels\" "
+                    "blocks (Heart {0: MRI}, {1: left atrium}; Liver {1: liver, 2: cancer}; Lung {1: cancer}; "
+                    "Colon {1: colon cancer primaries}) and an MSD download catalogue with the same tables")
+SRC_HEART_LIST = ("Prasun1608/BRATS Task02_Heart/dataset.json (a regenerated file, not the release): training "
+                  "la_003..la_030 (20 cases), test la_001, la_002, ... (10 cases)")
 SRC_REFERENCE = ("project facts sheet (REFERENCE.md, MSD layout): CT tasks are int16 Hounsfield units, "
                  "4D images keep modalities on the last axis, archives carry '._' files")
 SRC_TRAIN_NAMES = ("case file names seen in the quoted dataset.json training lists (BRATS_457, la_003, "
@@ -75,8 +90,9 @@ class ReleasedTask:
     ``header`` is the released dataset.json without its ``training``/``test`` lists, keys in the
     release's order (``numTraining``/``numTest`` hold the released counts); ``image_dtype`` and
     ``label_dtype`` are NumPy dtype names; ``spacing`` is a typical voxel size in mm along the
-    x, y, z array axes as nibabel reads them; ``case_prefix`` names the case files
-    (``<prefix>_<n>.nii.gz``). ``sources`` maps each fact to where it was taken from and
+    x, y, z array axes as nibabel reads them (the median over the released training cases);
+    ``case_prefix`` and ``case_digits`` name the case files (``<prefix>_<n>.nii.gz``, ``n``
+    zero-padded to ``case_digits``). ``sources`` maps each fact to where it was taken from and
     ``unconfirmed`` names the facts no retrieved public copy confirmed.
     """
 
@@ -88,8 +104,11 @@ class ReleasedTask:
     case_prefix: str
     sources: dict[str, str]
     unconfirmed: tuple[str, ...] = ()
-    # Descriptive extra only: (x, y, z) of a typical released case.
+    # Descriptive extra only: (x, y, z) of a typical (median) released case.
     typical_shape: tuple[int, ...] = field(default=())
+    # Zero-padding of the case number in file names: 3 for la_003, 2 for prostate_16, 1 (none) for
+    # liver_0 and spleen_2.
+    case_digits: int = 3
 
     @property
     def dataset_json_keys(self) -> tuple[str, ...]:
@@ -139,96 +158,121 @@ RELEASES: dict[str, ReleasedTask] = {t.name: t for t in [
                 {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}, 484, 266),
         "float32", "uint8", (1.0, 1.0, 1.0), "BRATS",
         {"header": SRC_BRATS_COPIES, "modality/labels": f"{SRC_BRATS_COPIES}; {SRC_CATALOGUE}",
-         "4D, modalities last": f"{SRC_REFERENCE}; {SRC_NNUNET_V2_MSD}", "spacing": SRC_NNUNET_PAPER,
-         "counts": f"{SRC_MSD_PAPER}; {SRC_HF_MSD_CARD}", "case names": SRC_TRAIN_NAMES,
-         "dtypes": "issue brief / REFERENCE.md (float32 MRI, uint8 labels)"},
+         "4D, modalities last": f"{SRC_REFERENCE}; {SRC_NNUNET_V2_MSD}",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (every case 1.0 mm, 240x240x155)",
+         "counts": f"{SRC_MSD_PAPER}; {SRC_HF_MSD_CARD}; {SRC_OPENMEDLAB}",
+         "case names": f"{SRC_TRAIN_NAMES}; {SRC_OPENMEDLAB}",
+         "dtypes": "project facts sheet only; no public source retrieved"},
         unconfirmed=("image dtype float32", "label dtype uint8"), typical_shape=(240, 240, 155, 4)),
     ReleasedTask(
         "Task02_Heart",
         _header("LeftAtrium", "Left atrium segmentation", "King\u2019s College London", "relase", "1.0 04/05/2018",
                 "3D", _MRI, {"0": "background", "1": "left atrium"}, 20, 10, dims_first=True),
         "float32", "uint8", (1.25, 1.25, 1.37), "la",
-        {"header": "recalled from the release; no complete public copy retrieved",
-         "modality/labels": SRC_CATALOGUE, "counts": f"{SRC_HF_MSD_CARD}; {SRC_MSD_PAPER}",
-         "reference": SRC_HF_MSD_CARD, "spacing": SRC_NNUNET_PAPER,
-         "case names": "nnU-Net v1 dataset_conversion.md example tree (la_003.nii.gz)"},
-        unconfirmed=("name", "description", "key order", "relase spelling", "image dtype float32", "label dtype uint8"),
-        typical_shape=(320, 320, 110)),
+        {"header": "recalled from the release; no public copy of the released header retrieved",
+         "modality/labels": f"{SRC_LABEL_TABLES}; {SRC_CATALOGUE}",
+         "counts": f"{SRC_HF_MSD_CARD}; {SRC_MSD_PAPER}; {SRC_OPENMEDLAB}; {SRC_HEART_LIST}",
+         "reference": f"{SRC_HF_MSD_CARD} (source institution, not the header string)",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (every case 1.25x1.25x1.37 mm, median 320x320x115)",
+         "case names": f"nnU-Net v1 dataset_conversion.md example tree (la_003.nii.gz); {SRC_OPENMEDLAB}; "
+                       f"{SRC_HEART_LIST}"},
+        unconfirmed=("name", "description", "reference string", "key order", "relase spelling",
+                     "image dtype float32", "label dtype uint8"),
+        typical_shape=(320, 320, 115)),
     ReleasedTask(
         "Task03_Liver",
         _header("LITS", "LITS", "https://competitions.codalab.org/competitions/17094", "relase", "1.0 04/05/2018",
                 "3D", _CT, {"0": "background", "1": "liver", "2": "cancer"}, 131, 70),
-        "int16", "uint8", (0.77, 0.77, 1.0), "liver",
-        {"header": "recalled from the release; no complete public copy retrieved",
-         "modality/labels": SRC_CATALOGUE, "counts": f"{SRC_HF_MSD_CARD}; {SRC_MSD_PAPER}",
-         "spacing": f"{SRC_NNUNET_PAPER} (slice thickness varies 0.7-5 mm)", "dtypes": SRC_REFERENCE},
-        unconfirmed=("name", "description", "reference", "relase spelling", "label dtype uint8", "case names"),
-        typical_shape=(512, 512, 432)),
+        "int16", "uint8", (0.7676, 0.7676, 1.0), "liver",
+        {"header": "recalled from the release; no public copy of the released header retrieved",
+         "release value, tensorImageSize, licence": SRC_LIVER_README,
+         "modality/labels": f"{SRC_LABEL_TABLES}; {SRC_CATALOGUE}",
+         "counts": f"{SRC_HF_MSD_CARD}; {SRC_MSD_PAPER}; {SRC_OPENMEDLAB} (LiTS.md: 131 training, 70 test)",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (LiTS.md, the same 131 training volumes: median "
+                                   f"0.7676x0.7676x1 mm, 512x512x432; slices 0.7-5 mm)",
+         "case names": SRC_LIVER_NAMES, "dtypes": SRC_REFERENCE},
+        unconfirmed=("name", "description", "reference", "relase spelling", "label dtype uint8"),
+        typical_shape=(512, 512, 432), case_digits=1),
     ReleasedTask(
         "Task04_Hippocampus",
         _header("Hippocampus", "Left and right hippocampus segmentation", " Vanderbilt University Medical Center",
                 "relase", "1.0 04/05/2018", "3D", _MRI, {"0": "background", "1": "Anterior", "2": "Posterior"},
                 260, 130),
         "float32", "uint8", (1.0, 1.0, 1.0), "hippocampus",
-        {"header": SRC_HIPPO_COPY, "modality/labels": f"{SRC_HIPPO_COPY}; {SRC_CATALOGUE}",
-         "counts": SRC_HIPPO_COPY, "spacing": SRC_NNUNET_PAPER, "case names": SRC_HIPPO_COPY,
-         "typical shape": "REFERENCE.md (about 35x50x35 voxels)"},
-        unconfirmed=("image dtype float32", "label dtype uint8"), typical_shape=(35, 50, 35)),
+        {"header": f"{SRC_HIPPO_COPY}; {SRC_WFCRC_MSD}", "modality/labels": f"{SRC_HIPPO_COPY}; {SRC_CATALOGUE}",
+         "counts": f"{SRC_HIPPO_COPY}; {SRC_WFCRC_MSD}; {SRC_OPENMEDLAB}",
+         "spacing": f"{SRC_WFCRC_MSD}; {SRC_OPENMEDLAB}", "case names": SRC_HIPPO_COPY,
+         "typical shape": f"{SRC_OPENMEDLAB} (median 35x50x36); REFERENCE.md (about 35x50x35 voxels)",
+         "._ files": SRC_WFCRC_MSD},
+        unconfirmed=("image dtype float32", "label dtype uint8"), typical_shape=(35, 50, 36)),
     ReleasedTask(
         "Task05_Prostate",
         _header("PROSTATE", "Prostate transitional zone and peripheral zone segmentation",
                 "Radboud University, Nijmegen Medical Centre", "relase", "1.0 04/05/2018", "4D",
                 {"0": "T2", "1": "ADC"}, {"0": "background", "1": "PZ", "2": "TZ"}, 32, 16),
-        "float32", "uint8", (0.625, 0.625, 3.6), "prostate",
+        "float32", "uint8", (0.63, 0.63, 3.6), "prostate",
         {"header": SRC_NNUNET_V1_DOC, "modality/labels": SRC_NNUNET_V1_DOC, "counts": SRC_NNUNET_V1_DOC,
-         "case names": SRC_NNUNET_V1_DOC, "4D, modalities last": f"{SRC_REFERENCE}; {SRC_NNUNET_V2_MSD}",
-         "spacing": SRC_NNUNET_PAPER},
-        unconfirmed=("image dtype float32", "label dtype uint8"), typical_shape=(320, 320, 20, 2)),
+         "case names": f"{SRC_NNUNET_V1_DOC} (prostate_16, prostate_04: two digits); {SRC_OPENMEDLAB}",
+         "4D, modalities last": f"{SRC_REFERENCE}; {SRC_NNUNET_V2_MSD}",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.63x0.63x3.6 mm as printed, 320x320x20)"},
+        unconfirmed=("image dtype float32", "label dtype uint8"), typical_shape=(320, 320, 20, 2), case_digits=2),
     ReleasedTask(
         "Task06_Lung",
         _header("Lung", "Lung and cancer segmentation", "The Cancer Imaging Archive", "relase", "1.0 04/05/2018",
                 "3D", _CT, {"0": "background", "1": "cancer"}, 63, 32),
-        "int16", "uint8", (0.79, 0.79, 1.24), "lung",
+        "int16", "uint8", (0.79, 0.79, 1.2), "lung",
         {"name/description/reference": ("three derived dataset.json writers found by code search share "
                                         "name 'Lung', 'Lung and cancer segmentation', 'The Cancer Imaging Archive'"),
-         "modality/labels": SRC_CATALOGUE, "counts": f"{SRC_MSD_PAPER} (64+32 in the paper; 63 listed)",
-         "spacing": SRC_NNUNET_PAPER, "dtypes": SRC_REFERENCE},
-        unconfirmed=("relase spelling", "numTraining 63", "label dtype uint8", "case names"),
-        typical_shape=(512, 512, 250)),
+         "modality/labels": f"{SRC_LABEL_TABLES}; {SRC_CATALOGUE}",
+         "counts": f"{SRC_MSD_PAPER} (64+32 in the paper); {SRC_OPENMEDLAB} (63 training cases downloaded)",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.79x0.79x1.2 mm as printed, 512x512x252)",
+         "case names": f"{SRC_OPENMEDLAB}; code search (imagesTr/lung_001.nii.gz, lung_045, lung_064)",
+         "dtypes": SRC_REFERENCE},
+        unconfirmed=("relase spelling", "numTraining field value 63 (63 training files are confirmed)",
+                     "label dtype uint8"),
+        typical_shape=(512, 512, 252)),
     ReleasedTask(
         "Task07_Pancreas",
         _header("Pancreas", "Pancreas and cancer segmentation", "Memorial Sloan Kettering Cancer Center ",
                 "relase", "1.0 04/05/2018", "3D", _CT, {"0": "background", "1": "pancreas", "2": "cancer"}, 281, 139),
         "int16", "uint8", (0.8, 0.8, 2.5), "pancreas",
-        {"header": SRC_PANCREAS_COPY, "modality/labels": SRC_PANCREAS_COPY, "counts": SRC_PANCREAS_COPY,
-         "case names": SRC_PANCREAS_COPY, "spacing": SRC_NNUNET_PAPER, "dtypes": SRC_REFERENCE},
+        {"header": SRC_PANCREAS_COPY, "modality/labels": SRC_PANCREAS_COPY,
+         "counts": f"{SRC_PANCREAS_COPY}; {SRC_OPENMEDLAB}", "case names": SRC_PANCREAS_COPY,
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.80x0.80x2.5 mm, 512x512x93)",
+         "dtypes": SRC_REFERENCE},
         unconfirmed=("label dtype uint8",), typical_shape=(512, 512, 93)),
     ReleasedTask(
         "Task08_HepaticVessel",
         _header("HepaticVessel", "Hepatic Vessels and Tumour Segmentation", _MSK, "release", "1.1 14/08/2018",
                 "3D", _CT, {"0": "background", "1": "Vessel", "2": "Tumour"}, 303, 140),
         "int16", "uint8", (0.8, 0.8, 5.0), "hepaticvessel",
-        {"header": SRC_HEPATIC_COPY, "modality/labels": SRC_HEPATIC_COPY, "counts": SRC_HEPATIC_COPY,
-         "spacing": SRC_NNUNET_PAPER, "dtypes": SRC_REFERENCE},
-        unconfirmed=("label dtype uint8", "case names"), typical_shape=(512, 512, 49)),
+        {"header": SRC_HEPATIC_COPY, "modality/labels": SRC_HEPATIC_COPY,
+         "counts": f"{SRC_HEPATIC_COPY}; {SRC_OPENMEDLAB}", "case names": SRC_OPENMEDLAB,
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.80x0.80x5.0 mm, 512x512x49)",
+         "dtypes": SRC_REFERENCE},
+        unconfirmed=("label dtype uint8",), typical_shape=(512, 512, 49)),
     ReleasedTask(
         "Task09_Spleen",
         _header("Spleen", "Spleen Segmentation", _MSK, "release", "1.0 06/08/2018", "3D", _CT,
                 {"0": "background", "1": "spleen"}, 41, 20),
         "int16", "uint8", (0.79, 0.79, 5.0), "spleen",
         {"header": SRC_SPLEEN_COPIES, "modality/labels": f"{SRC_SPLEEN_COPIES}; {SRC_MONAI_TESTS}",
-         "counts": SRC_SPLEEN_COPIES, "case names": SRC_MONAI_TESTS, "spacing": SRC_NNUNET_PAPER,
+         "counts": f"{SRC_SPLEEN_COPIES}; {SRC_OPENMEDLAB}",
+         "case names": f"{SRC_MONAI_TESTS} (spleen_19: unpadded); {SRC_OPENMEDLAB} (spleen_2)",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.79x0.79x5.0 mm, 512x512x90)",
          "dtypes": SRC_REFERENCE},
-        unconfirmed=("label dtype uint8",), typical_shape=(512, 512, 90)),
+        unconfirmed=("label dtype uint8",), typical_shape=(512, 512, 90), case_digits=1),
     ReleasedTask(
         "Task10_Colon",
         _header("Colon", "Colon cancer segmentation", _MSK, "release", "1.0 06/08/2018", "3D", _CT,
                 {"0": "background", "1": "colon cancer primaries"}, 126, 64),
         "int16", "uint8", (0.78, 0.78, 5.0), "colon",
-        {"modality/labels": SRC_CATALOGUE, "counts": f"{SRC_MSD_PAPER} (190 volumes: 126+64)",
-         "spacing": SRC_NNUNET_PAPER, "dtypes": SRC_REFERENCE,
+        {"modality/labels": f"{SRC_LABEL_TABLES}; {SRC_CATALOGUE}",
+         "counts": f"{SRC_MSD_PAPER} (190 volumes: 126+64); {SRC_OPENMEDLAB}",
+         "spacing, typical shape": f"{SRC_OPENMEDLAB} (median 0.78x0.78x5.0 mm, 512x512x95)",
+         "case names": SRC_OPENMEDLAB, "dtypes": SRC_REFERENCE,
          "header": "recalled from the release (same source and date as Spleen); no public copy retrieved"},
-        unconfirmed=("description", "release spelling and date", "label dtype uint8", "case names"),
+        unconfirmed=("name", "description", "release spelling and date", "label dtype uint8"),
         typical_shape=(512, 512, 95)),
 ]}
 
@@ -301,7 +345,7 @@ def _nifti_gz(array: np.ndarray, affine: np.ndarray) -> bytes:
 def _case_files(task: ReleasedTask, n_train: int, n_test: int) -> tuple[list[str], list[str]]:
     # Released numbering is sparse and unordered (hippocampus_367, _304, ...): imitate that.
     numbers = [3 + 7 * i for i in range(n_train + n_test)]
-    names = [f"{task.case_prefix}_{n:03d}.nii.gz" for n in numbers]
+    names = [f"{task.case_prefix}_{n:0{task.case_digits}d}.nii.gz" for n in numbers]
     return names[:n_train], names[n_train:]
 
 

@@ -54,6 +54,18 @@ def test_release_spellings_match_the_published_files():
     assert RELEASES["Task01_BrainTumour"].modalities == ["FLAIR", "T1w", "t1gd", "T2w"]
 
 
+def test_case_file_names_use_each_release_numbering():
+    # Released names pad the case number differently: liver_0 / spleen_2, prostate_04, la_003.
+    def names(name):
+        return sorted(p.rsplit("/", 1)[1] for p in _members(name) if "/imagesTr/" in p)
+    assert names("Task03_Liver") == ["liver_10.nii.gz", "liver_17.nii.gz", "liver_3.nii.gz"]
+    assert names("Task09_Spleen")[-1] == "spleen_3.nii.gz"
+    assert names("Task05_Prostate") == ["prostate_03.nii.gz", "prostate_10.nii.gz", "prostate_17.nii.gz"]
+    assert names("Task02_Heart")[0] == "la_003.nii.gz" and names("Task06_Lung")[0] == "lung_003.nii.gz"
+    # Every typical spacing names the public measurement it was taken from.
+    assert all(any(k.startswith("spacing") for k in t.sources) for t in RELEASES.values())
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_replica_files_have_the_released_dtypes_axes_and_geometry(name, tmp_path):
     task = RELEASES[name]
