@@ -478,3 +478,25 @@ def test_validate_task_name_and_cli_message(tmp_path, capsys):
                         "--no-progress"])
     assert rc == 1 and "'../../x'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_failure_mid_extraction_removes_the_partial_files(tmp_path):
+    # The file-size limit of this very process stops the write of a 256 KiB member part-way, as
+    # a full disk would: the error names the archive, and no partial file or folder is left.
+    import resource
+    import signal
+
+    path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=1, n_test=0,
+                             extra=[(f"{TASK}/imagesTr/big.bin", os.urandom(256 << 10))])
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an EFBIG error instead of death
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limit[1]))
+        with pytest.raises(DownloadError) as err:
+            safe_extract(path, tmp_path / "out", progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    msg = str(err.value)
+    assert "could not write while extracting" in msg and str(path) in msg and "partial files were removed" in msg
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,8 @@ from mednext_lite.data.commands import (
     summarize_task,
     synthesize_main,
 )
+from mednext_lite.data.transforms import default_cache_dir, file_state_hash
+from mednext_lite.safe_io import UnsafePathError
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +150,96 @@ def test_summary_montage_and_doors(tasks, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[CT: HU window]" in out and "ready to train" in out and (tmp_path / "c.png").exists()
     (tmp_path / "Task91_SyntheticCT" / "labelsTr" / "synct_000.nii.gz").unlink()
-    assert inspect_main([str(tmp_path / "Task91_SyntheticCT")]) == 1
+    assert inspect_main([str(tmp_path / "Task91_SyntheticCT")]) == 2  # a task with errors: exit 2
     assert "synct_000.nii.gz" in capsys.readouterr().err
     parser = argparse.ArgumentParser()
     add_data_subcommands(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(["synthesize", "--flavour", "mri4d", "--n-train", "1"])
     assert args.handler.__name__ == "_run_synthesize" and args.flavour == "mri4d" and args.n_train == 1
+
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+
+@pytest.fixture
+def small_task(tmp_path):
+    root = tmp_path / "root"
+    return load_task(make_synthetic_task(root, n_train=2, n_test=0, flavour="mri", shape=(16, 16, 16),
+                                         progress=False))
+
+
+def _rewrite(path, seed):
+    # Same name, new voxels: what regenerating a task in place does.
+    img = nib.load(str(path))
+    values = np.random.default_rng(seed).uniform(1.0, 100.0, img.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(values, img.affine), str(path))
+
+
+def test_disk_cache_sees_an_image_rewritten_in_place(small_task, tmp_path):
+    tx = get_transforms(small_task, mode="val", patch_size=8)
+    files = small_task.training[:1]
+    first = make_dataset(files, tx, cache="disk", cache_dir=tmp_path / "cache")[0]["image"]
+    _rewrite(files[0]["image"], seed=1)
+    again = make_dataset(files, tx, cache="disk", cache_dir=tmp_path / "cache")[0]["image"]
+    fresh = tx(dict(files[0]))["image"]
+    assert not torch.equal(torch.as_tensor(first), torch.as_tensor(again))  # the old image is not served
+    assert torch.equal(torch.as_tensor(again), torch.as_tensor(fresh))
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    # Unchanged files keep their entry: a third dataset adds nothing.
+    make_dataset(files, tx, cache="disk", cache_dir=tmp_path / "cache")[0]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_cache_key_follows_size_mtime_and_inode(tmp_path):
+    path = tmp_path / "a.nii"
+    path.write_bytes(b"1" * 100)
+    item = {"image": str(path), "label": 3}
+    key = file_state_hash(item)
+    assert file_state_hash(dict(item)) == key  # stable
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # same bytes, same size, other mtime
+    assert file_state_hash(item) != key
+    key = file_state_hash(item)
+    same_time = path.stat().st_mtime_ns
+    other = tmp_path / "b.nii"
+    other.write_bytes(b"2" * 100)
+    os.utime(other, ns=(same_time, same_time))
+    os.replace(other, path)  # same size and mtime, but a new file renamed over the old one
+    assert path.stat().st_mtime_ns == same_time and file_state_hash(item) != key
+
+
+def test_default_cache_dir_is_under_the_tasks_data_root(small_task, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNEXT_DATA", str(tmp_path / "env_root"))
+    monkeypatch.chdir(tmp_path / "root")
+    files = small_task.training[:1]
+    expected = (tmp_path / "root" / ".cache" / "persistent").absolute()
+    assert default_cache_dir(files) == expected
+    ds = make_dataset(files, get_transforms(small_task, mode="val", patch_size=8), cache="disk")
+    ds[0]
+    assert len(list(expected.glob("*.pt"))) == 1
+    assert not (tmp_path / "env_root").exists() and not (tmp_path / "root" / "data").exists()
+    loose = tmp_path / "loose.nii.gz"
+    with pytest.raises(ValueError, match="dataset.json.*cache_dir"):
+        default_cache_dir([{"image": str(loose)}])
+
+
+@pytest.mark.parametrize("dangling", [False, True])
+def test_disk_cache_never_reads_or_writes_through_a_symlink(small_task, tmp_path, dangling):
+    tx = get_transforms(small_task, mode="val", patch_size=8)
+    files = small_task.training[:1]
+    cache = tmp_path / "cache"
+    make_dataset(files, tx, cache="disk", cache_dir=cache)[0]
+    (entry,) = cache.glob("*.pt")
+    outside = tmp_path / "precious.pt"
+    if not dangling:
+        outside.write_bytes(b"the user's file")
+    entry.unlink()
+    entry.symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="cache file.*symlink"):
+        make_dataset(files, tx, cache="disk", cache_dir=cache)[0]
+    assert entry.is_symlink()
+    if dangling:
+        assert not outside.exists()
+    else:
+        assert outside.read_bytes() == b"the user's file"

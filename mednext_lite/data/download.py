@@ -391,7 +391,8 @@ class _Damaged(Exception):
     """The archive is truncated or corrupt; the message says how it shows."""
 
 
-def _scan(tar: tarfile.TarFile, archive: Path, limits: ExtractLimits, label: str | None = None) -> list[tarfile.TarInfo]:
+def _scan(tar: tarfile.TarFile, archive: Path, limits: ExtractLimits,
+          label: str | None = None) -> list[tarfile.TarInfo]:
     """Read every header of ``tar`` and then the archive to its very end, and return the members.
 
     Limits are checked as each header arrives, so a bomb is refused at its header, before its

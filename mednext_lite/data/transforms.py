@@ -11,13 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Sequence
+from copy import deepcopy
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import SUPPORTED_PICKLE_MOD, pickle_hashing
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -36,11 +40,13 @@ from monai.transforms import (
     Spacingd,
     SpatialPadd,
 )
+from monai.utils import convert_to_tensor, look_up_option
 
-from .catalogue import resolve_data_dir
+from ..safe_io import atomic_write, refuse_symlink
 from .dataset import TaskInfo
 
-__all__ = ["DEFAULT_CT_WINDOW", "AboveThreshold", "get_transforms", "make_dataset"]
+__all__ = ["DEFAULT_CT_WINDOW", "AboveThreshold", "default_cache_dir", "file_state_hash", "get_transforms",
+           "make_dataset"]
 
 #: Soft-tissue window in Hounsfield units (the one MONAI's spleen tutorial uses); it keeps
 #: organs, contrast-enhanced vessels and tumours, and clips air and bone.
@@ -174,6 +180,63 @@ class _SignatureHash:
         return hashlib.md5(self.signature.encode()).hexdigest().encode()
 
 
+def _file_state(value: Any) -> Any:
+    # A path stands for the file as it is now: regenerating a task in place keeps the names but
+    # changes mtime (and the inode, when the writer renames a new file over the old one).
+    if isinstance(value, str) and os.path.isfile(value):
+        st = os.stat(value)
+        return [value, st.st_size, st.st_mtime_ns, st.st_ino]
+    if isinstance(value, (list, tuple)):
+        return [_file_state(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def file_state_hash(item: dict[str, Any]) -> bytes:
+    """``hash_func`` of the disk cache: an MD5 of the item's values where each path to a file
+    also carries that file's size, mtime (ns) and inode, so a file rewritten under the same name
+    is a cache miss, never the old image."""
+    state = {str(k): _file_state(v) for k, v in item.items()}
+    return hashlib.md5(json.dumps(state, sort_keys=True).encode()).hexdigest().encode()
+
+
+class _SafePersistentDataset(PersistentDataset):
+    """PersistentDataset whose cache files are only ever regular files it wrote itself: a
+    symlink or folder in their place is refused (MONAI would load the link's target, or copy a
+    new file through it), and new files are renamed into place inside the cache folder."""
+
+    def _cachecheck(self, item_transformed: Any) -> Any:
+        name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
+        hashfile = refuse_symlink(Path(self.cache_dir) / f"{name}.pt", "cache file")
+        if hashfile.is_file():
+            try:
+                return torch.load(hashfile, weights_only=self.weights_only)
+            except (UnpicklingError, RuntimeError, EOFError) as err:
+                # A torn or foreign file is recomputed and replaced, as MONAI does.
+                warnings.warn(f"unreadable cache file {hashfile} ({err}); recomputing it", stacklevel=2)
+        item = self._pre_transform(deepcopy(item_transformed))  # keep the original for hashing
+        pickle_module = look_up_option(self.pickle_module, SUPPORTED_PICKLE_MOD)
+        obj = convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta)
+        atomic_write(hashfile, lambda tmp: torch.save(obj, tmp, pickle_module=pickle_module,
+                                                      pickle_protocol=self.pickle_protocol), suffix=".pt")
+        return item
+
+
+def default_cache_dir(files: Sequence[dict[str, Any]]) -> Path:
+    """The disk cache folder for ``files``: ``<data root>/.cache/persistent``, where the data root
+    is the folder holding the task that holds the first file (the nearest folder above it with a
+    ``dataset.json``). Deriving it from the files means ``--data-dir`` and a task outside the
+    default root are honoured; ``ValueError`` when no task folder is found (pass ``cache_dir``)."""
+    first = next((v for f in files for k, v in f.items() if k == "image"), None)
+    if first is None:
+        raise ValueError("cannot place the disk cache: the files hold no 'image' path; pass cache_dir=")
+    image = Path(os.fspath(first)).absolute()
+    for folder in image.parents:
+        if (folder / "dataset.json").is_file():
+            return folder.parent / ".cache" / "persistent"
+    raise ValueError(f"cannot place the disk cache: no folder above {image} holds a dataset.json, so its data "
+                     "root is unknown; pass cache_dir= (for example a .cache folder beside your images)")
+
+
 def _plain(files: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     # str paths hash identically in every process (PersistentDataset keys its cache on them).
     return [{k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in f.items()} for f in files]
@@ -193,23 +256,24 @@ def make_dataset(
     ``cache="memory"``: ``CacheDataset`` keeps every case's deterministic preprocessing in RAM;
     fastest epochs, costs RAM = cases x preprocessed size (synthetic 48^3: about 1 MB a case;
     Spleen at 1.5 mm: tens of MB a case). ``cache="disk"``: ``PersistentDataset`` writes it to
-    ``cache_dir`` (default ``<data root>/.cache/persistent``) once and reuses it across runs;
-    use it when RAM is short or many runs share a task; the cache key includes the transform
-    chain, so changing the pipeline never serves stale data. ``cache="none"``: plain
-    ``Dataset``, everything recomputed every epoch (smallest footprint, slowest).
+    ``cache_dir`` (default: ``.cache/persistent`` in the data root the task lies in, see
+    ``default_cache_dir``) once and reuses it across runs; use it when RAM is short or many runs
+    share a task. The cache key includes the transform chain and each file's size, mtime and
+    inode, so neither a changed pipeline nor a task regenerated in place serves stale data; a
+    symlink in place of a cache file is refused. ``cache="none"``: plain ``Dataset``, everything
+    recomputed every epoch (smallest footprint, slowest).
     """
     files = _plain(files)
     if cache == "memory":
         return CacheDataset(data=files, transform=transforms, cache_rate=1.0, num_workers=num_workers,
                             progress=progress)
     if cache == "disk":
-        directory = Path(cache_dir) if cache_dir is not None else resolve_data_dir() / ".cache" / "persistent"
+        directory = Path(cache_dir) if cache_dir is not None else default_cache_dir(files)
         directory.mkdir(parents=True, exist_ok=True)
-        from monai.data.utils import pickle_hashing
-
         signature = getattr(transforms, "cache_signature", None)
         hash_fn = pickle_hashing if signature is None else _SignatureHash(signature)
-        return PersistentDataset(data=files, transform=transforms, cache_dir=directory, hash_transform=hash_fn)
+        return _SafePersistentDataset(data=files, transform=transforms, cache_dir=directory,
+                                      hash_func=file_state_hash, hash_transform=hash_fn)
     if cache == "none":
         return Dataset(data=files, transform=transforms)
     raise ValueError(f"cache={cache!r} is invalid: use 'memory' (RAM), 'disk' (PersistentDataset) or 'none'")
