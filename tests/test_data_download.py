@@ -500,3 +500,29 @@ def test_write_failure_mid_extraction_removes_the_partial_files(tmp_path):
     msg = str(err.value)
     assert "could not write while extracting" in msg and str(path) in msg and "partial files were removed" in msg
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command for a test cert")
+@pytest.mark.parametrize("trickle", [None, "body"])
+def test_https_download_and_its_stall_guard(tmp_path, archive, monkeypatch, trickle):
+    # The watched connection replaces urllib's HTTPS handler: check it on a real TLS server.
+    import ssl
+    import subprocess
+
+    data, md5 = archive
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust this one certificate, as a system store would
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with LoopbackServer({"/t.tar": data}, trickle=trickle, trickle_rate=4.0) as srv:
+        srv._httpd.socket = context.wrap_socket(srv._httpd.socket, server_side=True)
+        url = srv.url("t.tar").replace("http://", "https://")
+        if trickle is None:
+            assert fetch_archive(url, tmp_path / "t.tar", md5=md5, progress=False).read_bytes() == data
+            return
+        with pytest.raises(DownloadError, match="stalled") as err:
+            fetch_archive(url, tmp_path / "t.tar", md5=md5, progress=False, retries=0, transfer=FAST_GIVE_UP)
+    assert url in str(err.value) and "resume" in str(err.value)

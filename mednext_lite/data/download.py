@@ -424,8 +424,9 @@ def _scan(tar: tarfile.TarFile, archive: Path, limits: ExtractLimits,
     fileobj.seek(tar.offset)
     block = fileobj.read(tarfile.BLOCKSIZE)
     if len(block) < tarfile.BLOCKSIZE or block.count(0) != tarfile.BLOCKSIZE:
+        # tarfile also ends its listing quietly at a damaged header, so this catches that too.
         raise _Damaged(f"it stops after {len(members)} members without the end-of-archive marker: the file is "
-                       "truncated")
+                       "truncated or damaged")
     while fileobj.read(_CHUNK):
         pass
     return members
