@@ -1,8 +1,11 @@
 """The ``mednext-lite`` command: train, predict, evaluate, profile and data (download/synthesize/inspect).
 
-Every subcommand is a thin door into the package: it parses flags, calls one library function,
-and turns library errors (ValueError and friends, which name the problem and the fix) into a
-one-line message and exit status 2 instead of a traceback. Defaults follow the paper
+Every subcommand is a thin door into the package: it parses flags and calls one library function.
+One error boundary, :func:`main`, turns every failure a user can cause (a bad flag value, an
+unreadable or damaged file, a missing permission, too little memory, a corrupt checkpoint or
+archive) into one line naming the file or value and the fix, with exit status 2; anything else
+is reported in one line as a bug, exit status 1. ``mednext-lite --debug ...`` shows the traceback
+instead. Defaults follow the paper
 (MedNeXt-S k3, 3D, deep supervision, 1000 x 250 iterations, 128^3 patches); ``--quickstart``
 swaps in the CPU-sized settings of :meth:`TrainConfig.cpu_quickstart`.
 """
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main", "resolve_task_dir"]
+__all__ = ["build_parser", "error_line", "main", "resolve_task_dir"]
 
 _SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", "synthetic-mri4d": "mri4d"}
 
@@ -26,12 +29,19 @@ _SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", 
 def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic: bool = True) -> Path:
     """Find a task directory from ``--task``: an existing path, a folder under the data root, an
     MSD name/number ("Hippocampus", "04") or ``synthetic`` / ``synthetic-ct`` / ``synthetic-mri4d``
-    (written on first use). A missing MSD task is an error telling how to download it."""
-    from .data.catalogue import get_task, resolve_data_dir
+    (written on first use). A missing MSD task is an error telling how to download it; a name that
+    is not a folder holding dataset.json must be a plain name (no '..', no absolute path), so that
+    nothing is ever looked up or written outside the data root."""
+    from .data.catalogue import get_task, resolve_data_dir, validate_task_name
 
     path = Path(task).expanduser()
     if (path / "dataset.json").is_file():
         return path
+    if path.is_absolute() or len(path.parts) > 1:
+        what = "is a folder without dataset.json" if path.is_dir() else "does not exist"
+        raise ValueError(f"--task {task} {what}: pass a task folder (the one holding dataset.json), a task name "
+                         "under the data root, or an MSD name such as Hippocampus")
+    validate_task_name(task)
     root = resolve_data_dir(data_dir)
     if (root / task / "dataset.json").is_file():
         return root / task
@@ -207,6 +217,11 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace label maps that exist already in --output")
+    p.add_argument("--nan-to-num", type=float, default=None, metavar="VALUE",
+                   help="replace NaN/inf voxels of the inputs with VALUE and report how many per file (default: "
+                        "such an input is refused)")
     p.set_defaults(handler=_predict_command)
 
 
@@ -215,7 +230,8 @@ def _input_files(inputs: Sequence[str]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(q for q in path.iterdir() if q.name.endswith((".nii", ".nii.gz")) and not q.name.startswith("._"))
+            files += sorted(q for q in path.iterdir()
+                            if q.name.endswith((".nii", ".nii.gz")) and not q.name.startswith("._") and q.is_file())
         elif path.is_file():
             files.append(path)
         else:
@@ -228,11 +244,16 @@ def _input_files(inputs: Sequence[str]) -> list[Path]:
 def _predict_command(args: argparse.Namespace) -> int:
     from .inference import predict_from_checkpoint
 
+    if Path(args.checkpoint).is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint} is a folder: pass the checkpoint file in it, "
+                         f"e.g. {Path(args.checkpoint) / 'best.pt'}")
     task_dir = resolve_task_dir(args.task, args.data_dir, create_synthetic=False) if args.task else None
     written = predict_from_checkpoint(
         args.checkpoint, _input_files(args.input), args.output, task_dir=task_dir,
         patch_size=(args.patch[0] if len(args.patch) == 1 else tuple(args.patch)) if args.patch else None, device=args.device,
-        suffix=args.suffix, overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, amp=args.amp)
+        suffix=args.suffix, overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, amp=args.amp,
+        overwrite=args.overwrite, nan_to_num=args.nan_to_num, protected=[p for p in args.input if Path(p).is_dir()],
+        progress=not args.no_progress)
     print(f"wrote {len(written)} label map(s) to {args.output}")
     return 0
 
@@ -251,6 +272,9 @@ def _add_evaluate(sub: Any) -> None:
     p.add_argument("--split", default=None, help="split.json of a run: evaluate its validation cases only")
     p.add_argument("--suffix", default="", help="suffix the predictions were written with")
     p.add_argument("--hd95", action="store_true", help="also compute HD95 (mm)")
+    p.add_argument("--resample", action="store_true",
+                   help="resample a prediction on another voxel grid onto its label's grid (nearest neighbour, "
+                        "through the affines) instead of refusing it")
     p.add_argument("--output", default=None, help="JSON report path (default <predictions>/evaluation.json)")
     p.set_defaults(handler=_evaluate_command)
 
@@ -273,14 +297,15 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if not labels:
         raise ValueError("no reference labels: pass --labels FILES/FOLDERS, --task, or --split")
     if num_classes is None:
-        import nibabel as nib
         import numpy as np
 
-        num_classes = 1 + max(int(np.max(np.asanyarray(nib.load(str(path)).dataobj))) for path in labels)
+        from .safe_io import nifti_header
+
+        num_classes = 1 + max(int(np.nanmax(np.asanyarray(nifti_header(path).dataobj))) for path in labels)
         num_classes = max(num_classes, 2)
     out = Path(args.output) if args.output else Path(args.predictions) / "evaluation.json"
     res = evaluate_folder(args.predictions, labels, num_classes, class_names=names, suffix=args.suffix,
-                          hd95=args.hd95, out_json=out)
+                          hd95=args.hd95, resample=args.resample, out_json=out)
     for name, d in res["dice"].items():
         hd = f"  HD95 {res['hd95'][name]:.2f} mm" if args.hd95 else ""
         print(f"{name:>16}: Dice {d:.4f}{hd}")
@@ -308,26 +333,123 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_subcommands(data_sub)
     data.set_defaults(handler=lambda a, _p=data: (_p.print_help(), 2)[1])
+    _add_debug(parser, top=True)
     return parser
 
 
+def _add_debug(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--debug`` on the top-level parser and, so that it can also come last, on every subcommand
+    (where it defaults to "unset", never overriding a top-level ``--debug``)."""
+    if "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                            help="on an error, show the full traceback instead of the one-line message")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_debug(child)
+
+
+def _one_line(text: str, limit: int = 1000) -> str:
+    # Multi-line messages (a list of problems, "- " bullets) become one line of "; "-separated parts.
+    parts = [part.strip() for part in str(text).splitlines() if part.strip()]
+    line = "; ".join(part[2:] if part.startswith("- ") else part for part in parts)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _os_error_line(err: OSError) -> str:
+    import errno
+
+    name = err.filename if err.filename is not None else None
+    if name is None:
+        return f"{err}: check the paths given and the disk"
+    if err.errno == errno.ENOSPC:
+        return f"no space left on the device while writing {name}: free disk space or choose another folder"
+    if isinstance(err, PermissionError):
+        return f"permission denied: {name}: check its permissions (and its folder's) or choose another path"
+    if isinstance(err, FileNotFoundError):
+        return f"no such file or folder: {name}: check the path"
+    if isinstance(err, IsADirectoryError):
+        return f"{name} is a folder where a file is needed: pass the file itself"
+    if isinstance(err, NotADirectoryError):
+        return f"{name}: part of this path is a file where a folder is needed: check the path"
+    return f"{err.strerror or err}: {name}: check the path, the disk and its permissions"
+
+
+def error_line(err: BaseException) -> tuple[str, int]:
+    """The one-line message and exit status for an exception that reached the command line: 2
+    with the problem and its fix for anything a user can cause (bad values, unreadable, damaged or
+    missing files, permissions, memory, corrupt checkpoints, archives and downloads), 130 for an
+    interrupt, 1 with a request to report it for anything else, which is a bug."""
+    import gzip
+    import tarfile
+    import zlib
+
+    from nibabel.filebasedimages import ImageFileError
+    from nibabel.spatialimages import HeaderDataError
+
+    from .data.download import DownloadError
+
+    cause = err
+    # MONAI wraps a failing transform in a plain RuntimeError; the user's problem is its cause.
+    while type(cause) is RuntimeError and cause.__cause__ is not None:
+        cause = cause.__cause__
+    kind = type(cause).__name__
+    if isinstance(cause, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and (
+            kind == "OutOfMemoryError" or "out of memory" in str(cause).lower()
+            or "can't allocate memory" in str(cause).lower())):
+        where = "GPU" if "cuda" in str(cause).lower() or kind == "OutOfMemoryError" else "RAM"
+        return (f"out of memory ({where}, {kind}): lower --sw-batch-size, --patch or --batch, predict fewer or "
+                f"smaller images{', or use --device cpu' if where == 'GPU' else ', or use a machine with more memory'}"), 2
+    problems = getattr(cause, "problems", None)
+    if isinstance(cause, ValueError) and isinstance(problems, list) and problems:
+        task = getattr(cause, "task_dir", "")
+        shown = "; ".join(_one_line(p, 300) for p in problems[:3])
+        more = (f"; and {len(problems) - 3} more (`mednext-lite data inspect {task}` lists them all)"
+                if len(problems) > 3 else "")
+        return f"{len(problems)} problem(s) in task {task}: {shown}{more}", 2
+    if isinstance(cause, KeyError):
+        return _one_line(cause.args[0] if cause.args else repr(cause)), 2
+    if isinstance(cause, (ValueError, TypeError, DownloadError)):
+        return _one_line(str(cause) or kind), 2
+    if isinstance(cause, (ImageFileError, HeaderDataError)):
+        return f"{_one_line(cause)}: not a readable NIfTI image; check the file or re-export it", 2
+    if isinstance(cause, (tarfile.TarError, zlib.error, EOFError, gzip.BadGzipFile)):
+        kind = "zlib.error" if isinstance(cause, zlib.error) else kind
+        return (f"{kind}: {_one_line(cause)}: a compressed file or archive is truncated or damaged; download or "
+                "export it again"), 2
+    if isinstance(cause, OSError):
+        return _os_error_line(cause), 2
+    if isinstance(cause, RuntimeError):
+        return (f"{kind}: {_one_line(cause, 600)} (check the inputs and flags; if they are right this is a bug: "
+                "rerun with --debug and report the traceback)"), 2
+    return (f"internal error ({kind}: {_one_line(cause, 600)}): this is a bug in mednext-lite; rerun with --debug "
+            "for the traceback and report it"), 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged)."""
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged,
+    1 a bug). Failures end in one line on stderr (see :func:`error_line`); with ``--debug`` the
+    exception propagates with its traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
-    if getattr(args, "threads", None):
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         return int(handler(args) or 0)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        print(f"mednext-lite {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 -- the one boundary between users and tracebacks
+        if getattr(args, "debug", False):
+            raise
+        line, status = error_line(err)
+        print(f"mednext-lite {args.command}: error: {line}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

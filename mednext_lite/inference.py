@@ -7,15 +7,25 @@ a 3D volume slice by slice through the same call: its window is ``(P, P, 1)`` an
 drops and restores the singleton axis. Predictions are mapped back through the inverse of the
 preprocessing (MONAI ``Invertd``) so the written label map has exactly the input's shape and
 affine, whatever cropping, padding or resampling the preprocessing did.
+
+Nothing a user owns is put at risk and no bad number passes as a result: outputs are planned and
+checked before any model work (never in, around or inside an input folder or a task's data
+folders, no two inputs onto one output name, no existing file replaced unless asked), each input
+is checked for a shape the model can take and for non-finite voxels, and evaluation refuses a
+prediction whose voxel grid (shape, spacing, axis directions, origin) differs from its label's
+unless asked to resample it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
+import sys
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,21 +35,29 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.metrics import compute_dice, compute_hausdorff_distance
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from torch import nn
 from tqdm.auto import tqdm
 
 from .data.dataset import voxel_spacing
 from .model import MedNeXt
+from .safe_io import UnsafePathError, atomic_write, nifti_header
 
 __all__ = [
+    "TASK_DATA_FOLDERS",
+    "check_input_image",
     "dice_scores",
     "evaluate_folder",
     "evaluate_model",
+    "grid_differences",
     "hd95_scores",
     "load_model",
+    "plan_outputs",
     "predict_files",
     "predict_from_checkpoint",
     "predict_volume",
+    "resample_nearest",
     "sliding_window_logits",
     "window_size",
 ]
@@ -254,6 +272,12 @@ def load_model(checkpoint: str | os.PathLike | dict, device: str | torch.device 
     return model, ckpt
 
 
+# -- where predictions may go and what may be read ----------------------------------------------
+
+#: The folders of an MSD-layout task that hold its data; predictions are never written in them.
+TASK_DATA_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+
+
 def _output_path(image_path: Path, out_dir: Path, suffix: str) -> Path:
     name = image_path.name
     for ext in (".nii.gz", ".nii"):
@@ -262,6 +286,197 @@ def _output_path(image_path: Path, out_dir: Path, suffix: str) -> Path:
             break
     # MSD images carry a modality suffix (_0000) in some derived layouts; labels do not.
     return out_dir / f"{name}{suffix}.nii.gz"
+
+
+def _real(path: str | os.PathLike) -> Path:
+    # Links resolved, so an output folder that is a link to an input folder is recognised as one.
+    return Path(os.path.realpath(os.fspath(path)))
+
+
+def _guarded_folders(images: Sequence[Path], protected: Iterable[str | os.PathLike],
+                     task_dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    folders = {_real(p.parent) for p in images} | {_real(p) for p in protected}
+    folders |= {_real(Path(t) / name) for t in task_dirs for name in TASK_DATA_FOLDERS}
+    # An input folder of a task (dataset.json beside it) guards the task's other data folders:
+    # predicting imagesTs must not be able to land in labelsTr.
+    for folder in list(folders):
+        if (folder.parent / "dataset.json").is_file():
+            folders |= {folder.parent / name for name in TASK_DATA_FOLDERS}
+    return sorted(folders)
+
+
+def _listing(items: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def plan_outputs(
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    suffix: str = "",
+    overwrite: bool = False,
+    protected: Iterable[str | os.PathLike] = (),
+    task_dirs: Iterable[str | os.PathLike] = (),
+) -> list[tuple[Path, Path]]:
+    """Pair each input image with the label map it will be written to, refusing any plan that
+    could lose data, before anything is read or created.
+
+    Refused with a ``ValueError`` naming the paths and the fix: an ``out_dir`` that is, contains
+    or lies inside a folder holding an input image, a folder in ``protected``, or a data folder
+    (imagesTr, labelsTr, imagesTs) of a task in ``task_dirs`` or of any task recognised by the
+    ``dataset.json`` one level above; two inputs that would share an output name (``a.nii`` and
+    ``a.nii.gz``, or names equal but for case, which are one file on macOS and Windows); output
+    files that exist already, unless ``overwrite``; and anything but a regular file or a link at an
+    output path (a link is replaced, never followed). The same file named twice is predicted once.
+    """
+    out_dir = Path(out_dir)
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for path in map(Path, images):
+        if _real(path) not in seen:
+            seen.add(_real(path))
+            unique.append(path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} exists and is not a folder: choose another --output")
+    out_real = _real(out_dir)
+    for folder in (out_real, *out_real.parents):
+        if folder.name in TASK_DATA_FOLDERS and (folder.parent / "dataset.json").is_file():
+            how = "is" if folder == out_real else "is inside"
+            raise ValueError(f"output folder {out_dir} {how} {folder}, a data folder of the task {folder.parent}: "
+                             "predictions there would replace its images or reference labels; write them to a "
+                             f"folder of their own, e.g. {folder.parent / 'predictions'}")
+    for folder in _guarded_folders(unique, protected, task_dirs):
+        if out_real == folder:
+            how = "is"
+        elif folder in out_real.parents:
+            how = "is inside"
+        elif out_real in folder.parents:
+            how = "contains"
+        else:
+            continue
+        raise ValueError(f"output folder {out_dir} {how} the input folder {folder}: predictions could replace the "
+                         f"images or labels there; choose a folder outside every input folder, e.g. "
+                         f"{folder.parent / (folder.name + '_predictions')}")
+    groups: dict[str, list[Path]] = {}
+    for path in unique:
+        groups.setdefault(_output_path(path, out_dir, suffix).name.casefold(), []).append(path)
+    clashes = [g for g in groups.values() if len(g) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(map(str, g)) + f" -> {_output_path(g[0], out_dir, suffix).name}" for g in clashes)
+        raise ValueError(f"{len(clashes)} output name collision(s), several inputs would be written to one label map: "
+                         f"{listed}; rename the inputs or predict them into separate folders")
+    plan = [(path, _output_path(path, out_dir, suffix)) for path in unique]
+    for _, out in plan:
+        if out.exists() and not out.is_symlink() and not out.is_file():
+            raise UnsafePathError(f"{out} exists and is not a regular file: move it away or choose another --output")
+    existing = [out.name for _, out in plan if out.exists() or out.is_symlink()]
+    if existing and not overwrite:
+        raise ValueError(f"{len(existing)} output file(s) exist already in {out_dir} ({_listing(existing)}): pass "
+                         "--overwrite (overwrite=True) to replace them, or choose an empty folder")
+    return plan
+
+
+def check_input_image(path: str | os.PathLike, spatial_dims: int = 3, in_channels: int = 1) -> Any:
+    """Open ``path``'s header only and check that a model of ``spatial_dims`` and ``in_channels``
+    can segment it; returns the lazy nibabel image (no voxel read).
+
+    A header claiming an absurd size is refused before any allocation
+    (:func:`mednext_lite.safe_io.nifti_header`). Both 2D and 3D models take volumes: ``(x, y, z)``
+    for one channel, ``(x, y, z, C)`` for ``C`` modalities (a 2D model segments them slice by
+    slice). Anything else is a ``ValueError`` naming the file, its shape and what the model needs.
+    """
+    try:
+        img = nifti_header(path)
+    except (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: not a readable NIfTI image ({type(err).__name__}: {err}): check the path, or "
+                         "re-export or re-download the file") from None
+    shape = tuple(int(s) for s in img.shape)
+    need = "(x, y, z)" if in_channels == 1 else f"(x, y, z, {in_channels})"
+    what = f"this {spatial_dims}D model ({in_channels} input channel(s)) needs a volume {need}"
+    if len(shape) < 3:
+        one_slice = shape + (1,) * (3 - len(shape))
+        fix = (f"save it as a one-slice volume of shape {one_slice}, which a 2D model segments as one slice"
+               if spatial_dims == 2 else
+               f"pass the 3D volume it was cut from, or save it as a one-slice volume {one_slice} for a 2D model")
+        raise ValueError(f"{path}: shape {shape} is a {len(shape)}D image but {what}: {fix}")
+    if min(shape) < 1:
+        raise ValueError(f"{path}: shape {shape} has an empty axis, so the file holds no image: re-export it")
+    channels = shape[3] if len(shape) == 4 else 1
+    if len(shape) > 4 or channels != in_channels:
+        raise ValueError(f"{path}: shape {shape} does not fit: {what}; pass images with the modalities the model "
+                         "was trained on, stacked along the 4th axis")
+    return img
+
+
+def _load_stage_end(transforms: Callable[[dict], dict]) -> int | None:
+    """Index just past the loading step of a MONAI ``Compose`` (so voxels can be checked as read,
+    before normalisation spreads one NaN over the whole image), or None for another callable."""
+    from monai.transforms import Compose, LoadImaged
+
+    if isinstance(transforms, Compose):
+        for i, step in enumerate(transforms.transforms):
+            if isinstance(step, LoadImaged):
+                return i + 1
+    return None
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    # MONAI wraps every failing transform in a RuntimeError("applying transform ...").
+    while isinstance(err, RuntimeError) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _not_finite_error(path: Path, count: int, total: int) -> ValueError:
+    return ValueError(f"{path}: {count} of {total} voxel value(s) are not finite (NaN or inf), which would make the "
+                      "whole prediction meaningless: repair the image, or pass --nan-to-num VALUE (nan_to_num=VALUE) "
+                      "to replace them, e.g. with the background intensity")
+
+
+def _read_error(path: Path, err: BaseException) -> ValueError:
+    cause = _root_cause(err)
+    return ValueError(f"{path}: the voxels cannot be read ({type(cause).__name__}: {cause}): the file is truncated "
+                      "or damaged; re-export or re-download it")
+
+
+def _count_not_finite(img: Any, path: Path) -> int:
+    """Read every voxel of ``img`` once (so a damaged file fails before any prediction) and count
+    the values that are NaN or infinite."""
+    try:
+        data = np.asanyarray(img.dataobj)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- the header was fine, so any failure to read is a damaged file
+        raise _read_error(path, err) from err
+    if data.dtype.kind not in "fc":
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
+def _require_finite(image: torch.Tensor, path: Path, nan_to_num: float | None, report: Callable[[str], Any]) -> None:
+    bad = ~torch.isfinite(image)
+    count = int(bad.sum())
+    if not count:
+        return
+    if nan_to_num is None:
+        raise _not_finite_error(path, count, image.numel())
+    image.masked_fill_(bad, float(nan_to_num))
+    report(f"{path}: replaced {count} non-finite voxel value(s) with {nan_to_num:g} (--nan-to-num)")
+
+
+def _preprocess(transforms: Callable[[dict], dict], path: Path, nan_to_num: float | None,
+                report: Callable[[str], Any]) -> dict:
+    """Run ``transforms`` on one file, checking (or cleaning) its voxels right after loading."""
+    end = _load_stage_end(transforms)
+    try:
+        item = transforms({"image": str(path)}) if end is None else transforms({"image": str(path)}, end=end)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- the header was fine, so any failure to read is a damaged file
+        raise _read_error(path, err) from err
+    _require_finite(item["image"], path, nan_to_num, report)
+    return item if end is None else transforms(item, start=end)
 
 
 @torch.no_grad()
@@ -273,25 +488,46 @@ def predict_files(
     patch_size: Sequence[int] | int,
     *,
     suffix: str = "",
+    overwrite: bool = False,
+    nan_to_num: float | None = None,
+    protected: Iterable[str | os.PathLike] = (),
+    task_dirs: Iterable[str | os.PathLike] = (),
+    report: Callable[[str], Any] | None = None,
     progress: bool = True,
     **window_kwargs: Any,
 ) -> list[Path]:
     """Segment NIfTI ``images`` and write one ``.nii.gz`` label map per image into ``out_dir``.
 
     ``transforms`` is the preprocessing used in validation (a MONAI ``Compose`` on ``{"image"}``,
-    e.g. ``get_transforms(info, mode="infer", ...)``). The predicted labels are mapped back with
-    MONAI's ``Invertd`` (nearest neighbour) and written with the input file's own affine; a shape
-    that still differs from the input's is an error rather than a silently misaligned file.
+    e.g. ``get_transforms(info, mode="infer", ...)``). Every check runs before any prediction:
+    the output plan (:func:`plan_outputs`: never in or around an input or task data folder, no
+    name collisions, no existing file unless ``overwrite``) and each input's header
+    (:func:`check_input_image`), then every input's voxels, read once in full so that a damaged
+    file fails before any output is written. An image with non-finite voxels is refused, or, with
+    ``nan_to_num``, cleaned to that value and the count passed to ``report`` (default: a line on
+    stderr). The predicted labels are mapped back with MONAI's ``Invertd`` (nearest neighbour) and
+    written atomically with the input file's own affine; a shape that still differs from the
+    input's is an error rather than a silently misaligned file.
     """
     from monai.transforms import Invertd
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if nan_to_num is not None and not math.isfinite(nan_to_num):
+        raise ValueError(f"nan_to_num={nan_to_num} must be a finite number, e.g. 0")
+    plan = plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected, task_dirs=task_dirs)
+    config = _unwrap(model).config
+    headers = [check_input_image(path, config.spatial_dims, config.in_channels) for path, _ in plan]
+    for (path, _), header in zip(plan, headers):
+        # One full read of each input before any prediction: a damaged file or a NaN in the last
+        # case must not fail a batch half-way, leaving half of the outputs written.
+        count = _count_not_finite(header, path)
+        if count and nan_to_num is None:
+            raise _not_finite_error(path, count, int(np.prod(header.shape)))
+    report = report or (lambda line: print(line, file=sys.stderr))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     inverter = Invertd(keys="pred", transform=transforms, orig_keys="image", nearest_interp=True)
     written = []
-    for path in tqdm([Path(p) for p in images], desc="predict", unit="case", disable=not progress):
-        original = nib.load(str(path))
-        item = transforms({"image": str(path)})
+    for (path, out), original in tqdm(list(zip(plan, headers)), desc="predict", unit="case", disable=not progress):
+        item = _preprocess(transforms, path, nan_to_num, report)
         image = item["image"]
         pred = predict_volume(model, torch.as_tensor(image)[None], patch_size, **window_kwargs)[0].cpu()
         if hasattr(image, "copy_meta_from"):
@@ -308,13 +544,10 @@ def predict_files(
                 f"is {target_shape}: a transform in the pipeline is not invertible; make every spatial "
                 "transform invertible (MONAI's dictionary transforms are) or drop it from mode='infer'"
             )
-        out = _output_path(path, out_dir, suffix)
         img = nib.Nifti1Image(np.rint(labels).astype(np.uint8), original.affine, header=original.header)
         img.set_data_dtype(np.uint8)
         img.header.set_slope_inter(1, 0)
-        tmp = out.with_name(out.name + ".tmp.nii.gz")
-        nib.save(img, str(tmp))
-        os.replace(tmp, out)
+        atomic_write(out, lambda tmp, img=img: nib.save(img, str(tmp)), suffix=".nii.gz")
         written.append(out)
     return written
 
@@ -327,17 +560,24 @@ def predict_from_checkpoint(
     task_dir: str | os.PathLike | None = None,
     patch_size: Sequence[int] | int | None = None,
     device: str | torch.device = "auto",
+    overwrite: bool = False,
+    protected: Iterable[str | os.PathLike] = (),
     **kwargs: Any,
 ) -> list[Path]:
     """Segment ``images`` with a trainer checkpoint, repeating its training preprocessing.
 
     The task (for modality-specific normalisation), patch size and spacing come from the
     checkpoint's ``train_config`` unless ``task_dir`` / ``patch_size`` are given; other keywords
-    go to :func:`predict_files` (overlap, blend, sw_batch_size, suffix, amp, progress).
+    go to :func:`predict_files` (overlap, blend, sw_batch_size, suffix, nan_to_num, amp, progress).
+    The output plan is checked before the checkpoint is read, and again against the
+    checkpoint's task; the checkpoint itself is refused if unreadable or not finite.
     """
     from .data.dataset import load_task
     from .data.transforms import get_transforms
 
+    suffix = kwargs.get("suffix", "")
+    plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected,
+                 task_dirs=[task_dir] if task_dir else [])
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, ckpt = load_model(checkpoint, device=device)
@@ -353,7 +593,70 @@ def predict_from_checkpoint(
     spacing = tc.get("spacing")
     tf = get_transforms(info, mode="infer", patch_size=window_size(patch_size, dims, 3),
                         spacing=tuple(spacing) if spacing else None)
-    return predict_files(model, images, out_dir, tf, patch_size, device=device, **kwargs)
+    return predict_files(model, images, out_dir, tf, patch_size, device=device, overwrite=overwrite,
+                         protected=protected, task_dirs=[task_dir], **kwargs)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+def _fmt(values: Iterable[float]) -> str:
+    # + 0.0 turns -0.0 into 0.0 so a message never shows "-0".
+    return "(" + ", ".join(f"{v + 0.0:g}" for v in np.round(np.asarray(list(values), dtype=float), 4)) + ")"
+
+
+def grid_differences(image: Any, reference: Any, tolerance: float = 1e-3) -> list[str]:
+    """How the voxel grid of ``image`` differs from ``reference``'s (nibabel images): shape,
+    spacing, axis direction and origin, each a short phrase; empty when they agree within
+    ``tolerance`` (mm for spacing and origin, cosine components for directions)."""
+    diffs = []
+    a_shape, b_shape = tuple(image.shape[:3]), tuple(reference.shape[:3])
+    if a_shape != b_shape:
+        diffs.append(f"shape {a_shape} vs {b_shape}")
+    a, b = np.asarray(image.affine, dtype=float), np.asarray(reference.affine, dtype=float)
+    a_size, b_size = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if not np.allclose(a_size, b_size, rtol=0, atol=tolerance):
+        diffs.append(f"spacing {_fmt(a_size)} vs {_fmt(b_size)} mm")
+    a_dir, b_dir = a[:3, :3] / np.maximum(a_size, 1e-12), b[:3, :3] / np.maximum(b_size, 1e-12)
+    turned = [i for i in range(3) if not np.allclose(a_dir[:, i], b_dir[:, i], rtol=0, atol=tolerance)]
+    if turned:
+        diffs.append("axis direction " + ", ".join(f"axis {i} {_fmt(a_dir[:, i])} vs {_fmt(b_dir[:, i])}" for i in turned))
+    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=tolerance):
+        diffs.append(f"origin {_fmt(a[:3, 3])} vs {_fmt(b[:3, 3])} mm")
+    return diffs
+
+
+def resample_nearest(labels: np.ndarray, affine: np.ndarray, reference: Any) -> np.ndarray:
+    """Label map ``labels`` (on the grid of ``affine``) resampled onto ``reference``'s grid by
+    nearest neighbour through the two affines (world coordinates); reference voxels outside the
+    source grid get label 0."""
+    from scipy.ndimage import affine_transform
+
+    # reference voxel -> world (mm) -> source voxel
+    m = np.linalg.inv(np.asarray(affine, dtype=float)) @ np.asarray(reference.affine, dtype=float)
+    return affine_transform(labels, m[:3, :3], offset=m[:3, 3], output_shape=tuple(reference.shape[:3]),
+                            order=0, mode="constant", cval=0)
+
+
+def _read_labels(img: Any, path: Path, num_classes: int) -> np.ndarray:
+    """The integer label map of a NIfTI image, refusing non-finite values and classes outside
+    0..num_classes-1 (which would otherwise be scored as some other class or crash one_hot)."""
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error) as err:
+        raise ValueError(f"{path}: the voxels cannot be read ({type(err).__name__}: {err}): the file is truncated or "
+                         "damaged; re-export it") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+        count = int(data.size - np.count_nonzero(np.isfinite(data)))
+        raise ValueError(f"{path}: {count} label value(s) are not finite (NaN or inf): a label map holds class "
+                         "numbers only; re-export it")
+    data = np.rint(data).astype(np.int64)
+    outside = np.unique(data[(data < 0) | (data >= num_classes)])
+    if outside.size:
+        raise ValueError(f"{path}: holds label value(s) {_listing(outside.tolist())} outside 0..{num_classes - 1} "
+                         f"({num_classes} classes): check that it belongs to this task (or pass the task's --task)")
+    return data
 
 
 def evaluate_folder(
@@ -364,12 +667,17 @@ def evaluate_folder(
     class_names: Sequence[str] | None = None,
     suffix: str = "",
     hd95: bool = False,
+    resample: bool = False,
+    tolerance: float = 1e-3,
     out_json: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Compare predictions in ``pred_dir`` with reference label files (matched by file name).
 
     Returns per-case and mean Dice (and HD95 in mm when asked) and writes them to ``out_json``
-    plus a CSV beside it when given. A missing prediction is an error naming the file.
+    plus a CSV beside it when given. A missing prediction is an error naming the file, and so is
+    a prediction on another voxel grid than its label (shape, spacing, direction or origin
+    differing by more than ``tolerance`` mm, see :func:`grid_differences`), unless ``resample``,
+    which maps the prediction onto the label's grid by nearest neighbour in world coordinates.
     """
     pred_dir = Path(pred_dir)
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(1, num_classes)]
@@ -380,27 +688,34 @@ def evaluate_folder(
         if not pred_path.is_file():
             raise ValueError(f"no prediction {pred_path} for label {label_path}: run `mednext-lite predict` "
                              f"into {pred_dir} first (or check --suffix)")
-        ref = nib.load(str(label_path))
-        pred_img = nib.load(str(pred_path))
-        if tuple(pred_img.shape[:3]) != tuple(ref.shape[:3]):
-            raise ValueError(f"{pred_path} has shape {pred_img.shape} but {label_path} has {ref.shape}: "
-                             "the prediction was not written in the label's geometry")
-        y = torch.as_tensor(np.rint(np.asanyarray(ref.dataobj)).astype(np.int64))[None, None]
-        p = torch.as_tensor(np.rint(np.asanyarray(pred_img.dataobj)).astype(np.int64))[None, None]
-        dice, hd = sums.add(p, y, voxel_spacing(ref.affine) if hd95 else None)
+        ref, pred_img = nifti_header(label_path), nifti_header(pred_path)
+        diffs = grid_differences(pred_img, ref, tolerance)
+        if diffs and not resample:
+            raise ValueError(f"{pred_path} and {label_path} lie on different voxel grids ({'; '.join(diffs)}): a "
+                             "voxel-by-voxel score would compare different places; write the prediction in the "
+                             "label's geometry (`mednext-lite predict` does) or pass --resample (resample=True) to "
+                             "map it onto the label's grid by nearest neighbour")
+        y = _read_labels(ref, label_path, num_classes)
+        p = _read_labels(pred_img, pred_path, num_classes)
+        if diffs:
+            p = resample_nearest(p, pred_img.affine, ref)
+        dice, hd = sums.add(torch.as_tensor(p)[None, None], torch.as_tensor(y)[None, None],
+                            voxel_spacing(ref.affine) if hd95 else None)
         row: dict[str, Any] = {"case": label_path.name, **{f"dice_{n}": v for n, v in zip(names, dice)}}
         if hd is not None:
             row.update({f"hd95_{n}": v for n, v in zip(names, hd)})
+        if resample:
+            row["resampled"] = bool(diffs)
         rows.append(row)
     result = sums.summary(names)
     result["cases"] = rows
     if out_json is not None:
         out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write(out_json, json.dumps(result, indent=2) + "\n")
         if rows:
-            with open(out_json.with_suffix(".csv"), "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            table = io.StringIO(newline="")
+            writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write(out_json.with_suffix(".csv"), table.getvalue())
     return result

@@ -97,3 +97,221 @@ def test_predict_patch_flag_and_missing_input(tmp_path, capsys):
     assert nib.load(str(out)).shape == (32, 32, 24)
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "none"), "--output", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# -- predictions never touch inputs; every bad input gets one line ---------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A synthetic task and a saved (untrained) base-width-4 checkpoint for it."""
+    from mednext_lite.data.synthetic import make_synthetic_task
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    root = tmp_path_factory.mktemp("tiny")
+    task = make_synthetic_task(root / "data", n_train=2, n_test=1, shape=(32, 32, 24), progress=False)
+    ckpt = save_checkpoint(root / "m.pt", MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3)))
+    return task, ckpt
+
+
+def _predict(tiny, *args: str) -> list[str]:
+    task, ckpt = tiny
+    return ["predict", "--checkpoint", str(ckpt), "--task", str(task), "--patch", "32", *args]
+
+
+def one_line(capsys) -> str:
+    """The error output of a failed command: exactly one line, no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_predict_refuses_outputs_that_touch_inputs(tiny, tmp_path, capsys):
+    task, _ = tiny
+    before = {p: p.read_bytes() for p in sorted(task.rglob("*.nii.gz"))}
+    assert main(_predict(tiny, "--input", str(task / "imagesTs"), "--output", str(task / "imagesTs"))) == 2
+    assert "is " + str(task / "imagesTs") in one_line(capsys)
+    assert main(_predict(tiny, "--input", str(task / "imagesTs"), "--output", str(task / "labelsTr"))) == 2
+    assert "a data folder of the task" in one_line(capsys)
+    assert {p: p.read_bytes() for p in sorted(task.rglob("*.nii.gz"))} == before  # bit-identical, nothing added
+
+    out = tmp_path / "pred"
+    assert main(_predict(tiny, "--input", str(task / "imagesTs"), "--output", str(out))) == 0
+    (written,) = out.iterdir()
+    first = written.read_bytes()
+    capsys.readouterr()
+    assert main(_predict(tiny, "--input", str(task / "imagesTs"), "--output", str(out))) == 2
+    line = one_line(capsys)
+    assert "exist already" in line and "--overwrite" in line
+    assert main(_predict(tiny, "--input", str(task / "imagesTs"), "--output", str(out), "--overwrite",
+                         "--no-progress")) == 0
+    assert capsys.readouterr().err == ""  # no progress bar, no warning
+    assert written.read_bytes() == first  # same model, same input: the replacement is identical
+
+
+def test_predict_refuses_output_name_collisions(tiny, tmp_path, capsys):
+    image = next((tiny[0] / "imagesTs").glob("*.nii.gz"))
+    (tmp_path / "in").mkdir()
+    a, b = tmp_path / "in" / "dup.nii", tmp_path / "in" / "dup.nii.gz"
+    nib.save(nib.load(str(image)), str(a))
+    b.write_bytes(image.read_bytes())
+    assert main(_predict(tiny, "--input", str(a), str(b), "--output", str(tmp_path / "pred"))) == 2
+    line = one_line(capsys)
+    assert str(a) in line and str(b) in line and "dup.nii.gz" in line
+    assert not (tmp_path / "pred").exists()
+
+
+def test_predict_refuses_non_finite_voxels_unless_asked_to_clean_them(tiny, tmp_path, capsys):
+    image = nib.load(str(next((tiny[0] / "imagesTs").glob("*.nii.gz"))))
+    data = np.asanyarray(image.dataobj).astype(np.float32)
+    data[3, 4, 5] = np.nan
+    src = tmp_path / "in" / "nan.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(data, image.affine), str(src))
+    assert main(_predict(tiny, "--input", str(src), "--output", str(tmp_path / "pred"))) == 2
+    assert f"{src}: 1 of {data.size} voxel value(s) are not finite" in one_line(capsys)
+    assert main(_predict(tiny, "--input", str(src), "--output", str(tmp_path / "pred"), "--nan-to-num", "0")) == 0
+    assert f"{src}: replaced 1 non-finite voxel value(s) with 0 (--nan-to-num)" in capsys.readouterr().err
+    assert (tmp_path / "pred" / "nan.nii.gz").is_file()
+
+
+def test_predict_refuses_a_checkpoint_with_nan_weights(tiny, tmp_path, capsys):
+    import torch
+
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    model = MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3))
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    bad = save_checkpoint(tmp_path / "nan.pt", model)
+    args = _predict(tiny, "--input", str(tiny[0] / "imagesTs"), "--output", str(tmp_path / "pred"))
+    args[args.index("--checkpoint") + 1] = str(bad)
+    assert main(args) == 2
+    line = one_line(capsys)
+    assert str(bad) in line and "NaN/inf" in line
+    assert not (tmp_path / "pred").exists()
+
+
+def test_evaluate_refuses_a_prediction_on_another_grid(tiny, tmp_path, capsys):
+    task, _ = tiny
+    label = next((task / "labelsTr").glob("*.nii.gz"))
+    ref = nib.load(str(label))
+    shifted = ref.affine.copy()
+    shifted[:3, 3] += 100.0
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(np.asanyarray(ref.dataobj), shifted), str(tmp_path / "pred" / label.name))
+    args = ["evaluate", "--predictions", str(tmp_path / "pred"), "--labels", str(label), "--task", str(task)]
+    assert main(args) == 2
+    line = one_line(capsys)
+    assert str(label) in line and str(tmp_path / "pred" / label.name) in line and "origin" in line
+    # The same segmentation stored with axis 0 reversed: refused as is, Dice 1 once resampled.
+    flipped = ref.affine @ np.array([[-1, 0, 0, ref.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.asanyarray(ref.dataobj)[::-1].copy(), flipped), str(tmp_path / "pred" / label.name))
+    assert main(args) == 2
+    assert "axis direction" in one_line(capsys)
+    assert main([*args, "--resample"]) == 0
+    report = json.loads((tmp_path / "pred" / "evaluation.json").read_text())
+    assert report["mean_dice"] == 1.0 and report["cases"][0]["resampled"] is True
+
+
+def _bad_inputs(tiny, folder: Path) -> dict[str, Path]:
+    image = next((tiny[0] / "imagesTs").glob("*.nii.gz"))
+    folder.mkdir()
+    raw = image.read_bytes()
+    (folder / "truncated.nii.gz").write_bytes(raw[: len(raw) // 2])
+    nib.save(nib.Nifti1Image(np.zeros((40, 30), np.float32), np.eye(4)), str(folder / "flat.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(folder / "huge.nii"))
+    head = bytearray((folder / "huge.nii").read_bytes())
+    head[40:56] = np.array([3, 32767, 32767, 32767, 1, 1, 1, 1], "<i2").tobytes()  # the header's dim[]
+    (folder / "huge.nii").write_bytes(bytes(head))
+    (folder / "notnifti.nii.gz").write_bytes(b"this is not an image")
+    return {p.name: p for p in folder.iterdir()}
+
+
+def test_every_bad_input_ends_in_one_line_naming_it(tiny, tmp_path, capsys):
+    bad = _bad_inputs(tiny, tmp_path / "bad")
+    expect = {
+        "truncated.nii.gz": "truncated or damaged",
+        "flat.nii.gz": "shape (40, 30) is a 2D image but this 3D model",
+        "huge.nii": "(32767, 32767, 32767)",
+        "notnifti.nii.gz": "not a readable NIfTI image",
+    }
+    for name, words in expect.items():
+        assert main(_predict(tiny, "--input", str(bad[name]), "--output", str(tmp_path / "pred"))) == 2, name
+        line = one_line(capsys)
+        assert str(bad[name]) in line and words in line, line
+    (tmp_path / "ckpt_dir.pt").mkdir()
+    args = _predict(tiny, "--input", str(tiny[0] / "imagesTs"), "--output", str(tmp_path / "pred"))
+    args[args.index("--checkpoint") + 1] = str(tmp_path / "ckpt_dir.pt")
+    assert main(args) == 2
+    assert "is a folder: pass the checkpoint file in it" in one_line(capsys)
+    assert main(["predict", "--checkpoint", str(tiny[1]), "--input", str(tiny[0] / "imagesTs"), "--output",
+                 str(tmp_path / "p"), "--task", "../../elsewhere"]) == 2
+    assert "../../elsewhere" in one_line(capsys)
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "p").exists()
+    # An fp16 checkpoint is a valid one: its weights load into the float32 model.
+    import torch
+
+    half = tmp_path / "half.pt"
+    ckpt = torch.load(tiny[1], weights_only=True)
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    model = MedNeXt(MedNeXtConfig.from_dict(ckpt["config"]))
+    save_checkpoint(half, model.half())
+    args[args.index("--checkpoint") + 1] = str(half)
+    assert main(args) == 0
+
+
+def test_error_line_classes(tmp_path):
+    """Real exceptions of each class a user can cause map to one line and exit status 2; anything
+    else is a bug (exit 1) and says how to get the traceback."""
+    import tarfile
+    import zlib
+
+    import torch
+    from monai.transforms import Compose, LoadImaged
+
+    from mednext_lite.cli import error_line
+    from mednext_lite.data.download import DownloadError
+
+    def raised(fn):
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 -- collecting the real exception object
+            return err
+        raise AssertionError("did not raise")
+
+    (tmp_path / "x.tar").write_bytes(b"not a tar archive at all" * 40)
+    (tmp_path / "t.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 30)
+    cases = {
+        "memory": (raised(lambda: np.empty(2**62, np.uint8)), "out of memory"),
+        "missing": (raised(lambda: open(tmp_path / "missing.nii.gz", "rb")), "no such file or folder"),
+        "folder": (raised(lambda: open(tmp_path, "rb")), "is a folder where a file is needed"),
+        "tar": (raised(lambda: tarfile.open(tmp_path / "x.tar")), "truncated or damaged; download"),
+        "zlib": (raised(lambda: zlib.decompress(b"garbage")), "truncated or damaged"),
+        "monai": (raised(lambda: Compose([LoadImaged(keys="image")])({"image": str(tmp_path / "t.nii.gz")})), "t.nii.gz"),
+        "torch": (raised(lambda: torch.zeros(2, 3) @ torch.zeros(2, 3)), "check the inputs and flags"),
+        "download": (DownloadError("archive x.tar: MD5 mismatch: delete it and download again"), "MD5 mismatch"),
+    }
+    for name, (err, words) in cases.items():
+        line, status = error_line(err)
+        assert status == 2 and words in line and "\n" not in line, (name, line)
+    line, status = error_line(raised(lambda: [].pop()))
+    assert status == 1 and "bug" in line and "--debug" in line
+
+
+def test_cli_boundary_in_a_real_process(tiny, tmp_path):
+    import subprocess
+    import sys
+
+    bad = _bad_inputs(tiny, tmp_path / "bad")
+    args = [sys.executable, "-m", "mednext_lite.cli"]
+    rest = _predict(tiny, "--input", str(bad["truncated.nii.gz"]), "--output", str(tmp_path / "pred"))
+    proc = subprocess.run([*args, *rest], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "truncated.nii.gz" in proc.stderr
+    proc = subprocess.run([*args, "--debug", *rest], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "truncated.nii.gz" in proc.stderr

@@ -103,6 +103,7 @@ def task(tmp_path_factory) -> Path:
 
 
 def _oblique_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     shape = (37, 30, 23)
     image = np.zeros(shape, np.float32)
@@ -117,7 +118,7 @@ def _oblique_image(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_predict_writes_labels_in_the_input_geometry(task, tmp_path):
-    src = tmp_path / "case_007.nii.gz"
+    src = tmp_path / "in" / "case_007.nii.gz"
     image, affine = _oblique_image(src)
     info = load_task(task, validate=False)
     tf = get_transforms(info, mode="infer", patch_size=(16, 16, 16))
@@ -136,7 +137,7 @@ def test_predict_writes_labels_in_the_input_geometry(task, tmp_path):
 
 
 def test_predict_with_a_real_model_and_resampling(task, tmp_path):
-    src = tmp_path / "case.nii.gz"
+    src = tmp_path / "in" / "case.nii.gz"
     image, affine = _oblique_image(src)
     info = load_task(task, validate=False)
     tf = get_transforms(info, mode="infer", patch_size=(32, 32, 32), spacing=(1.5, 1.5, 1.5))
@@ -186,3 +187,204 @@ def test_predict_multimodal_4d_input_writes_a_3d_label_map(tmp_path):
     (out,) = predict_files(model, [src], tmp_path / "pred", tf, (32, 32, 32), progress=False)
     written = nib.load(str(out))
     assert written.shape == original.shape[:3] and np.allclose(written.affine, original.affine)
+
+
+# -- outputs never touch inputs ---------------------------------------------------------------
+
+def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _mini_task(root: Path) -> Path:
+    """An MSD-layout folder with one training case and one test image."""
+    rng = np.random.default_rng(0)
+    for sub in ("imagesTr", "imagesTs"):
+        _nifti(root / sub / "case_001.nii.gz", rng.normal(size=(16, 16, 16)).astype(np.float32))
+    _nifti(root / "labelsTr" / "case_001.nii.gz", (rng.random((16, 16, 16)) > 0.5).astype(np.uint8))
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "fg"}, "modality": {"0": "MRI"}, '
+                                       '"training": [{"image": "./imagesTr/case_001.nii.gz", '
+                                       '"label": "./labelsTr/case_001.nii.gz"}], "test": ["./imagesTs/case_001.nii.gz"]}')
+    return root
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_plan_outputs_refuses_every_output_that_could_touch_an_input(tmp_path):
+    from mednext_lite.inference import plan_outputs
+
+    task = _mini_task(tmp_path / "Task99")
+    image = task / "imagesTs" / "case_001.nii.gz"
+    elsewhere = _nifti(tmp_path / "scans" / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
+    refused = {
+        tmp_path / "scans": "is the input folder",
+        tmp_path / "scans" / "sub": "is inside the input folder",
+        tmp_path: "contains the input folder",
+    }
+    for out, words in refused.items():
+        with pytest.raises(ValueError, match=words):
+            plan_outputs([elsewhere], out)
+    for out in (task / "imagesTs", task / "labelsTr"):  # the input's folder, and the labels beside it
+        with pytest.raises(ValueError, match=f"is {out}, a data folder of the task {task}"):
+            plan_outputs([image], out)
+    with pytest.raises(ValueError, match="contains the input folder"):
+        plan_outputs([image], task)
+    # A task's data folder is recognised by its dataset.json even when no input comes from it,
+    # and the folders of an explicit task are guarded wherever the inputs are.
+    with pytest.raises(ValueError, match="is inside .*labelsTr, a data folder of the task"):
+        plan_outputs([elsewhere], task / "labelsTr" / "deeper")
+    with pytest.raises(ValueError, match="is the input folder .*unlisted.labelsTr"):
+        plan_outputs([elsewhere], tmp_path / "unlisted" / "labelsTr", task_dirs=[tmp_path / "unlisted"])
+    (tmp_path / "link").symlink_to(tmp_path / "scans")
+    with pytest.raises(ValueError, match="is the input folder"):
+        plan_outputs([elsewhere], tmp_path / "link")
+    with pytest.raises(ValueError, match="is the input folder"):
+        plan_outputs([elsewhere], tmp_path / "other", protected=[tmp_path / "other"])
+    # Fine: a folder of its own; the same file named twice is predicted once.
+    plan = plan_outputs([elsewhere, tmp_path / "scans" / ".." / "scans" / "a.nii.gz"], tmp_path / "pred", suffix="_s")
+    assert plan == [(elsewhere, tmp_path / "pred" / "a_s.nii.gz")]
+
+
+def test_plan_outputs_refuses_collisions_and_existing_files(tmp_path):
+    from mednext_lite.inference import plan_outputs
+
+    data = np.zeros((4, 4, 4), np.float32)
+    dup = [_nifti(tmp_path / "in" / "dup.nii", data), _nifti(tmp_path / "in" / "dup.nii.gz", data),
+           _nifti(tmp_path / "in" / "Case.nii.gz", data), _nifti(tmp_path / "in" / "case.nii.gz", data)]
+    with pytest.raises(ValueError, match="2 output name collision") as err:
+        plan_outputs(dup, tmp_path / "pred")
+    assert all(str(p) in str(err.value) for p in dup)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "dup.nii.gz").write_bytes(b"earlier result")
+    with pytest.raises(ValueError, match=r"1 output file\(s\) exist already .*--overwrite"):
+        plan_outputs(dup[:1], out)
+    assert plan_outputs(dup[:1], out, overwrite=True) == [(dup[0], out / "dup.nii.gz")]
+    (out / "case.nii.gz").mkdir()
+    with pytest.raises(ValueError, match="not a regular file"):
+        plan_outputs(dup[3:], out, overwrite=True)
+    with pytest.raises(ValueError, match="is not a folder"):
+        plan_outputs(dup[:1], out / "dup.nii.gz")
+
+
+def test_predict_refuses_before_any_work_and_leaves_inputs_bit_identical(task, tmp_path):
+    info = load_task(task, validate=False)
+    tf = get_transforms(info, mode="infer", patch_size=(16, 16, 16))
+    inputs = tmp_path / "in"
+    _oblique_image(inputs / "a.nii.gz")
+    before = _tree_bytes(inputs)
+    net = PointwiseNet()
+    with pytest.raises(ValueError, match="is the input folder"):
+        predict_files(net, [inputs / "a.nii.gz"], inputs, tf, 16, progress=False)
+    assert net.calls == 0 and _tree_bytes(inputs) == before
+    # With overwrite, a link at an output path is replaced by a regular file, never written through.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "a.nii.gz").symlink_to(victim)
+    (out,) = predict_files(net, [inputs / "a.nii.gz"], tmp_path / "pred", tf, 16, overwrite=True, progress=False)
+    assert victim.read_text() == "precious" and not out.is_symlink() and nib.load(str(out)).shape == (37, 30, 23)
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["a.nii.gz"]  # no temporary left behind
+
+
+def test_non_finite_voxels_are_refused_or_cleaned_by_request(task, tmp_path):
+    info = load_task(task, validate=False)
+    tf = get_transforms(info, mode="infer", patch_size=(16, 16, 16))
+    good, affine = _oblique_image(tmp_path / "in" / "good.nii.gz")
+    bad = good.copy()
+    bad[10, 10, 10], bad[11, 12, 5], bad[5, 5, 5] = np.nan, np.inf, -np.inf
+    _nifti(tmp_path / "in" / "bad.nii.gz", bad, affine)
+    files = [tmp_path / "in" / "good.nii.gz", tmp_path / "in" / "bad.nii.gz"]
+    net = PointwiseNet()
+    # The second file's NaN stops the batch before the first case is predicted or written.
+    with pytest.raises(ValueError, match=r"bad\.nii\.gz: 3 of 25530 voxel value\(s\) are not finite.*--nan-to-num"):
+        predict_files(net, files, tmp_path / "pred", tf, 16, progress=False)
+    assert net.calls == 0 and not (tmp_path / "pred").exists()
+    lines: list[str] = []
+    written = predict_files(net, files, tmp_path / "pred", tf, 16, nan_to_num=0.0, report=lines.append, progress=False)
+    assert lines == [f"{files[1]}: replaced 3 non-finite voxel value(s) with 0 (--nan-to-num)"]
+    cleaned = bad.copy()
+    cleaned[~np.isfinite(cleaned)] = 0.0
+    (ref,) = predict_files(net, [_nifti(tmp_path / "in2" / "bad.nii.gz", cleaned, affine)], tmp_path / "ref", tf, 16,
+                           progress=False)
+    assert np.array_equal(np.asanyarray(nib.load(str(written[1])).dataobj), np.asanyarray(nib.load(str(ref)).dataobj))
+    with pytest.raises(ValueError, match="finite number"):
+        predict_files(net, files, tmp_path / "p3", tf, 16, nan_to_num=float("nan"), progress=False)
+
+
+def test_inputs_the_model_cannot_take_are_named_with_their_shape(tmp_path):
+    from mednext_lite.inference import check_input_image
+    from mednext_lite.safe_io import MAX_VOXELS
+
+    flat = _nifti(tmp_path / "flat.nii.gz", np.zeros((40, 30), np.float32))
+    with pytest.raises(ValueError, match=r"flat\.nii\.gz: shape \(40, 30\) is a 2D image but this 3D model"):
+        check_input_image(flat, 3, 1)
+    with pytest.raises(ValueError, match=r"one-slice volume of shape \(40, 30, 1\)"):
+        check_input_image(flat, 2, 1)
+    two = _nifti(tmp_path / "two.nii.gz", np.zeros((8, 8, 8, 2), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(8, 8, 8, 2\) does not fit.*needs a volume \(x, y, z\)"):
+        check_input_image(two, 3, 1)
+    assert check_input_image(two, 3, 2).shape == (8, 8, 8, 2)
+    with pytest.raises(ValueError, match="not a readable NIfTI"):
+        check_input_image(tmp_path / "missing.nii.gz")
+    huge = _nifti(tmp_path / "huge.nii", np.zeros((2, 2, 2), np.float32))
+    raw = bytearray(huge.read_bytes())
+    raw[40:56] = np.array([3, 32767, 32767, 32767, 1, 1, 1, 1], "<i2").tobytes()  # dim[] of the header
+    huge.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=rf"32767, 32767, 32767.*above the limit of {MAX_VOXELS:,}"):
+        check_input_image(huge)
+
+
+# -- evaluation is geometric --------------------------------------------------------------------
+
+def _geometry_case(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    ref = np.zeros((12, 10, 8), np.uint8)
+    ref[2:5, 3:8, 1:6] = 1  # off-centre, so a flip moves it
+    ref[7:11, 1:4, 2:7] = 2
+    affine = np.array([[1.5, 0, 0, -20.0], [0, 1.0, 0, 5.0], [0, 0, 2.0, 30.0], [0, 0, 0, 1]])
+    return _nifti(tmp_path / "labels" / "c.nii.gz", ref, affine), ref, affine
+
+
+def test_evaluate_refuses_predictions_on_another_grid_and_resamples_on_request(tmp_path):
+    label, ref, affine = _geometry_case(tmp_path)
+    # The same segmentation in world space, stored with axis 0 reversed.
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, ref.shape[0] - 1
+    cases = {
+        "world_equal": (ref[::-1].copy(), affine @ flip, "axis direction axis 0 \\(-1, 0, 0\\) vs \\(1, 0, 0\\)"),
+        "naive_flip": (ref.copy(), affine @ flip, "axis direction"),
+        "shifted": (ref.copy(), affine + np.pad(np.array([[0, 0, 0, 100.0]]), ((0, 3), (0, 0))),
+                    r"origin \(80, 5, 30\) vs \(-20, 5, 30\) mm"),
+        "spacing": (ref.copy(), affine @ np.diag([1, 1, 1.5, 1]), r"spacing \(1.5, 1, 3\) vs \(1.5, 1, 2\) mm"),
+    }
+    for name, (data, aff, words) in cases.items():
+        pred = _nifti(tmp_path / name / "c.nii.gz", data, aff)
+        with pytest.raises(ValueError, match=words) as err:
+            evaluate_folder(tmp_path / name, [label], 3)
+        assert str(pred) in str(err.value) and str(label) in str(err.value) and "--resample" in str(err.value)
+    res = evaluate_folder(tmp_path / "world_equal", [label], 3, resample=True, out_json=tmp_path / "ev.json")
+    assert res["dice"] == {"class1": 1.0, "class2": 1.0} and res["cases"][0]["resampled"] is True
+    naive = evaluate_folder(tmp_path / "naive_flip", [label], 3, resample=True)
+    assert naive["mean_dice"] < 0.5  # the mirrored structures barely overlap the truth
+    shifted = evaluate_folder(tmp_path / "shifted", [label], 3, resample=True)
+    assert shifted["mean_dice"] == pytest.approx(0.0)  # 100 mm away: nothing of it lands on the label grid
+    # Rounding in a stored affine is not a different grid.
+    _nifti(tmp_path / "rounded" / "c.nii.gz", ref, affine + 2e-4)
+    assert evaluate_folder(tmp_path / "rounded", [label], 3)["mean_dice"] == 1.0
+
+
+def test_evaluate_refuses_label_values_outside_the_classes(tmp_path):
+    label, ref, affine = _geometry_case(tmp_path)
+    pred = ref.copy()
+    pred[0, 0, 0] = 5
+    _nifti(tmp_path / "pred" / "c.nii.gz", pred, affine)
+    with pytest.raises(ValueError, match=r"c\.nii\.gz: holds label value\(s\) 5 outside 0\.\.2"):
+        evaluate_folder(tmp_path / "pred", [label], 3)
+    nan = ref.astype(np.float32)
+    nan[1, 1, 1] = np.nan
+    _nifti(tmp_path / "nan" / "c.nii.gz", nan, affine)
+    with pytest.raises(ValueError, match=r"1 label value\(s\) are not finite"):
+        evaluate_folder(tmp_path / "nan", [label], 3)
