@@ -1,0 +1,134 @@
+"""The MNI152 brain-tissue task: written from nilearn's bundled template in MSD layout, real
+dtypes and geometry, plausible tissue fractions, labels that sit on the anatomy, and accepted by
+the task reader."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("nilearn", reason="the brain task needs nilearn (pip install nilearn)")
+
+from mednext_lite.data.brain import (  # noqa: E402
+    BRAIN_TASK,
+    TEMPLATE_NOTICE,
+    _nilearn_datasets,
+    brain_grid,
+    brain_main,
+    make_brain_task,
+    synthesize_brain_case,
+)
+from mednext_lite.data.dataset import load_task  # noqa: E402
+
+SPACING = 3.0  # coarser than the 2 mm default: the same code, a third of the voxels
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return make_brain_task(tmp_path_factory.mktemp("brain"), n_train=3, n_test=1, spacing=SPACING, progress=False)
+
+
+def test_grid_is_tileable_and_covers_the_brain():
+    shape, affine = brain_grid(2.0)
+    assert shape == (96, 112, 96)  # the brain's 145 x 181 x 155 mm box plus margins, in multiples of 16
+    assert np.allclose(np.diag(affine)[:3], 2.0) and np.allclose(affine[:3, :3], np.diag([2.0] * 3))
+    centre = affine[:3, :3] @ ((np.asarray(shape) - 1) / 2) + affine[:3, 3]
+    assert np.all(np.abs(centre - np.array([0.0, -17.0, 5.0])) < 1.0)  # centre of the MNI brain's bounding box
+    assert all(s % 16 == 0 for s in brain_grid(1.5)[0])
+
+
+def test_task_is_written_in_msd_layout_and_loads(task):
+    assert task.name == BRAIN_TASK
+    meta = json.loads((task / "dataset.json").read_text())
+    assert meta["modality"] == {"0": "T1w"} and meta["tensorImageSize"] == "3D"
+    assert meta["labels"] == {"0": "background", "1": "grey matter", "2": "white matter", "3": "other brain"}
+    assert TEMPLATE_NOTICE in meta["licence"] and "ICBM152 2009" in meta["reference"]
+    assert "Fonov" in meta["reference"] and "nilearn" in meta["reference"]
+    assert meta["numTraining"] == 3 and meta["numTest"] == 1 and meta["test"] == ["./imagesTs/mnibrain_003.nii.gz"]
+    assert not (task / "labelsTs").exists()
+    info = load_task(task)
+    assert len(info.training) == 3 and info.in_channels == 1 and not info.is_ct and info.num_classes == 4
+    shape, affine = brain_grid(SPACING)
+    for case in info.training:
+        img, lbl = nib.load(str(case["image"])), nib.load(str(case["label"]))
+        assert img.shape == lbl.shape == shape
+        assert img.get_data_dtype() == np.float32 and lbl.get_data_dtype() == np.uint8
+        assert np.allclose(img.affine, affine) and np.allclose(lbl.affine, affine)
+        assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+
+
+def _case(path):
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+def test_tissue_fractions_and_intensities_are_anatomical(task):
+    info = load_task(task)
+    images = [_case(c["image"]) for c in info.training]
+    labels = [_case(c["label"]) for c in info.training]
+    for image, label in zip(images, labels):
+        assert set(np.unique(label).tolist()) == {0, 1, 2, 3}
+        brain = label > 0
+        # An adult brain in 1.9 l or so of mask; the template's: GM 58 %, WM 34 %, other 8 %.
+        assert 1.4e6 < brain.sum() * SPACING ** 3 < 2.4e6
+        fractions = [(label == c).sum() / brain.sum() for c in (1, 2, 3)]
+        assert 0.45 < fractions[0] < 0.70 and 0.22 < fractions[1] < 0.45 and 0.03 < fractions[2] < 0.20, fractions
+        # T1 contrast: white matter brighter than grey matter, grey brighter than CSF and the rest.
+        means = [image[label == c].mean() for c in (1, 2, 3)]
+        assert means[1] > 1.1 * means[0] > 1.1 * means[2], means
+        # Skull stripped like the template: nothing but background where the image is zero.
+        assert image.min() == 0.0 and not np.any(label[image == 0])
+    # Each case is its own deformation, contrast and noise, not the template copied.
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        either = (labels[a] > 0) | (labels[b] > 0)
+        assert (labels[a] != labels[b])[either].mean() > 0.05
+        assert not np.allclose(images[a], images[b])
+
+
+def test_cases_are_reproducible_from_the_seed():
+    a = synthesize_brain_case([7, 0, 1], spacing=4.0)
+    b = synthesize_brain_case([7, 0, 1], spacing=4.0)
+    c = synthesize_brain_case([7, 0, 2], spacing=4.0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_bad_arguments_name_the_value_and_the_fix(tmp_path):
+    with pytest.raises(ValueError, match=r"spacing=0.5 mm .*1.5-2 mm"):
+        make_brain_task(tmp_path, spacing=0.5)
+    with pytest.raises(ValueError, match="n_train=0"):
+        make_brain_task(tmp_path, n_train=0)
+    assert not (tmp_path / BRAIN_TASK).exists()
+
+
+def test_missing_nilearn_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # what an absent package looks like to import
+    with pytest.raises(ImportError, match="pip install nilearn"):
+        _nilearn_datasets()
+
+
+def test_the_module_imports_without_nilearn(monkeypatch):
+    """Only making the task needs nilearn: a fresh copy of the module loads while nilearn is absent."""
+    import mednext_lite.data.brain as brain
+
+    monkeypatch.setitem(sys.modules, "nilearn", None)
+    spec = importlib.util.spec_from_file_location("mednext_lite.data._brain_without_nilearn", brain.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.BRAIN_TASK == BRAIN_TASK
+    with pytest.raises(ImportError, match="pip install nilearn"):
+        module.brain_grid(2.0)
+
+
+def test_the_command_writes_the_task_where_asked(tmp_path, capsys):
+    code = brain_main(["--data-dir", str(tmp_path), "--n-train", "1", "--n-test", "0", "--spacing", "4",
+                       "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"wrote {tmp_path / BRAIN_TASK}: 1 training + 0 test cases, 48 x 64 x 48 voxels of 4 mm" in out
+    assert "Louis Collins" in out
+    assert load_task(tmp_path / BRAIN_TASK).training[0]["image"].name == "mnibrain_000.nii.gz"
