@@ -137,7 +137,10 @@ def _add_train(sub: Any) -> None:
     r.add_argument("--quickstart", action="store_true",
                    help="CPU-sized defaults (S ratios at width 16, 1 block/stage, 32^3, 6x25 it)")
     r.add_argument("--run-dir", default=None, help="output directory (default runs/<task>_<variant>k<k>_<d>d_fold<f>)")
-    r.add_argument("--resume", action="store_true", help="continue exactly from <run-dir>/last.pt")
+    r.add_argument("--resume", action="store_true",
+                   help="continue exactly from <run-dir>/last.pt (same settings; --epochs may grow)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run dir holding an earlier run, deleting only that run's files")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--threads", type=int, default=None,
@@ -161,7 +164,8 @@ def _train_config(args: argparse.Namespace):
         "keep_freed_memory": not args.release_freed_memory,
         "lr": args.lr, "weight_decay": args.weight_decay, "eps": args.eps, "grad_clip": args.grad_clip, "amp": args.amp,
         "seed": args.seed, "val_overlap": args.overlap, "val_blend": args.blend, "max_val_cases": args.max_val_cases,
-        "hd95": args.hd95, "resume": args.resume, "device": args.device, "progress": not args.no_progress,
+        "hd95": args.hd95, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,
+        "progress": not args.no_progress,
         "grad_checkpointing": {"auto": None, "on": True, "off": False}[args.grad_checkpointing],
     }
     if args.run_dir:

@@ -6,12 +6,17 @@ clipping at 12, epochs of a fixed number of iterations (250) rather than passes 
 batch 2, 128^3 patches. AMP uses bf16 where the GPU supports it, else fp16 with a gradient
 scaler; on CPU it is off.
 
-Crash safety: every checkpoint is written to a temporary file and renamed over the old one, so
-a kill at any moment leaves the previous good file. ``last.pt`` holds everything needed to
+Crash safety: every file is written to a temporary file and renamed over the old one, so a
+kill at any moment leaves the previous good file. ``last.pt`` holds everything needed to
 continue exactly (model, optimizer, scheduler, scaler, RNG states, epoch, step, history), and
 because every epoch reseeds all random number generators from ``(seed, epoch, rank)``, a resumed
-run replays the very batches an uninterrupted run would have drawn. A NaN/inf loss stops the run
-before the bad step is applied, leaving the last good checkpoint untouched.
+run replays the very batches an uninterrupted run would have drawn.
+
+Bad numbers are errors, never results: a NaN/inf loss, gradient norm or weight stops the run
+(:class:`TrainingDiverged`) before that state reaches any file, so ``last.pt`` stays the last
+finite checkpoint. A run directory holding any file of an earlier run (:data:`RUN_FILES`) is
+refused unless the run resumes it or ``overwrite`` clears those files; a resume must keep every
+setting in :data:`RESUME_MUST_MATCH` and may change only those in :data:`RESUME_MAY_DIFFER`.
 
 Distributed: run the same entry point under ``torchrun --nproc_per_node N``; each process trains
 on its shard (``DistributedSampler``), gradients are averaged by DDP (gloo on CPU, nccl on GPU),
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import math
 import os
@@ -50,9 +56,13 @@ from .interop import (
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
 from .perf import fastest_settings, keep_freed_memory
+from .safe_io import atomic_write
 from .variants import get_preset, preset_config
 
 __all__ = [
+    "RESUME_MAY_DIFFER",
+    "RESUME_MUST_MATCH",
+    "RUN_FILES",
     "CheckpointError",
     "TrainConfig",
     "TrainResult",
@@ -62,13 +72,46 @@ __all__ = [
     "load_checkpoint",
     "model_from_checkpoint",
     "poly_lr",
+    "resume_conflicts",
     "save_checkpoint",
     "train",
 ]
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss, the gradient norm or a weight became NaN or infinite; nothing was saved from that
+    state, so the checkpoint on disk is the last finite one."""
+
+
+#: The files a run writes in its run directory; any one of them marks the folder as holding a run.
+RUN_FILES = ("config.json", "split.json", "last.pt", "best.pt", "metrics.csv", "metrics.json", "curves.png")
+
+#: Settings a resumed run must share with the run it continues, because each changes the maths:
+#: the data seen (task, split, patches, sampling, augmentation), the network, the optimiser and its
+#: schedule, the precision, or the score that picks ``best.pt``.
+RESUME_MUST_MATCH = (
+    "task_dir", "fold", "n_folds", "seed", "patch_size", "spacing", "augment", "batch_size", "num_samples",
+    "iters_per_epoch", "variant", "kernel_size", "spatial_dims", "deep_supervision", "model_overrides",
+    "lr", "eps", "weight_decay", "poly_exponent", "grad_clip", "amp", "val_overlap", "val_blend", "max_val_cases",
+)
+
+#: Settings a resume may change: how long it trains (``epochs``, to extend the run; never below the
+#: epochs done), where and how fast it runs (device, workers, cache, memory layout and allocator,
+#: gradient checkpointing: the same maths up to float rounding), and what it reports.
+RESUME_MAY_DIFFER = (
+    "run_dir", "epochs", "device", "num_workers", "cache", "channels_last", "keep_freed_memory",
+    "grad_checkpointing", "val_every", "sw_batch_size", "hd95", "progress", "resume", "overwrite", "upkern_from",
+)
+
+# Command-line flag of each setting, for messages.
+_FLAGS = {
+    "task_dir": "--task", "fold": "--fold", "n_folds": "--n-folds", "seed": "--seed", "patch_size": "--patch",
+    "spacing": "--spacing", "augment": "--no-augment", "batch_size": "--batch", "iters_per_epoch": "--iters",
+    "variant": "--variant", "kernel_size": "--kernel", "spatial_dims": "--spatial-dims",
+    "deep_supervision": "--no-deep-supervision", "model_overrides": "--base-width/--blocks", "lr": "--lr",
+    "eps": "--eps", "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "amp": "--amp",
+    "val_overlap": "--overlap", "val_blend": "--blend", "max_val_cases": "--max-val-cases", "epochs": "--epochs",
+}
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -99,7 +142,9 @@ class TrainConfig:
         val_every: validate every this many epochs (and always after the last).
         max_val_cases: validate on the first N validation cases only (``None`` = all).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
-        resume: continue from ``run_dir/last.pt``.
+        resume: continue from ``run_dir/last.pt`` with the same :data:`RESUME_MUST_MATCH` settings.
+        overwrite: start afresh in a ``run_dir`` holding an earlier run, deleting its :data:`RUN_FILES`
+            (and nothing else) first.
         upkern_from: initialise from a small-kernel checkpoint with UpKern (ignored on resume).
     """
 
@@ -139,6 +184,7 @@ class TrainConfig:
     cache: str = "memory"
     device: str = "auto"
     resume: bool = False
+    overwrite: bool = False
     upkern_from: str | None = None
     progress: bool = True
 
@@ -174,9 +220,18 @@ class TrainConfig:
             raise ValueError(f"val_blend={self.val_blend!r}: use 'gaussian' or 'constant'")
         if not 0.0 <= self.val_overlap < 1.0:
             raise ValueError(f"val_overlap={self.val_overlap} must be in [0, 1), e.g. 0.5")
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("lr, eps and grad_clip must be > 0 and weight_decay >= 0 "
-                             f"(got lr={self.lr}, eps={self.eps}, weight_decay={self.weight_decay}, grad_clip={self.grad_clip})")
+        # NaN passes every comparison and inf passes "> 0": test finiteness first.
+        for name, low in (("lr", 0), ("eps", 0), ("grad_clip", 0), ("weight_decay", None), ("poly_exponent", None)):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or (value <= 0 if low is not None else value < 0):
+                default = TrainConfig.__dataclass_fields__[name].default
+                raise ValueError(f"{name}={value} ({_FLAGS.get(name, name)}) must be a finite number "
+                                 f"{'> 0' if low is not None else '>= 0'}: use e.g. {default} (the paper's value)")
+        if self.spacing is not None and not all(math.isfinite(s) and s > 0 for s in self.spacing):
+            raise ValueError(f"spacing={self.spacing} (--spacing) must hold finite sizes > 0 in mm, e.g. 1.0")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite were both asked for: --resume continues the run in the run "
+                             "directory, --overwrite deletes it and starts afresh; pass one of them")
         if self.cache not in ("memory", "disk", "none"):
             raise ValueError(f"cache={self.cache!r}: use 'memory', 'disk' or 'none'")
 
@@ -311,10 +366,37 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as stored in config.json and checkpoints
+
+
+def _network(settings: dict[str, Any]) -> dict[str, Any]:
+    """The network a settings dict builds (channel counts fixed): ``{}`` and ``{"base_width": 32}``
+    are the same S model."""
+    return preset_config(settings.get("variant", "S"), 1, 2, settings.get("kernel_size", 3),
+                         settings.get("spatial_dims", 3), settings.get("deep_supervision", True),
+                         **settings.get("model_overrides", {})).to_dict()
+
+
+def resume_conflicts(stored: dict[str, Any], asked: TrainConfig) -> list[str]:
+    """The :data:`RESUME_MUST_MATCH` settings in which ``asked`` differs from the settings a run
+    was trained with (``stored``: the ``train_config`` of its ``last.pt``), as lines
+    ``"name (--flag): stored -> asked"``; a setting missing from ``stored`` (an older file) is skipped."""
+    now = asked.to_dict()
+    out = []
+    for name in RESUME_MUST_MATCH:
+        if name not in stored:
+            continue
+        old, new = _plain(stored[name]), _plain(now[name])
+        if name == "task_dir":
+            same = os.path.realpath(str(old)) == os.path.realpath(str(new))
+        elif name == "model_overrides":
+            same = _network(stored) == _network(now)
+        else:
+            same = old == new
+        if not same:
+            out.append(f"{name} ({_FLAGS.get(name, name)}): {old!r} -> {new!r}")
+    return out
 
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
@@ -466,11 +548,59 @@ class Trainer:
             class_names=[self.info.labels[i] for i in sorted(self.info.labels) if i != 0],
         )
 
-    def _resume(self) -> None:
+    def _claim_run_dir(self) -> dict[str, Any] | None:
+        """Check the run directory before anything is written: refuse an earlier run's files unless
+        resuming (then return the checked ``last.pt``) or overwriting (then delete exactly those)."""
+        cfg = self.cfg
+        found = [name for name in RUN_FILES if (self.run_dir / name).exists() or (self.run_dir / name).is_symlink()]
+        ckpt = self._load_resume(found) if cfg.resume else None
+        if found and not cfg.resume and not cfg.overwrite:
+            raise ValueError(f"{self.run_dir} already holds a run ({', '.join(found)}): pass --resume to continue "
+                             "it, --overwrite to delete those files and start afresh, or choose another --run-dir")
+        for name in found if cfg.overwrite else []:
+            target = self.run_dir / name
+            if target.is_dir() and not target.is_symlink():
+                raise ValueError(f"--overwrite: {target} is a folder, not a file this trainer wrote; move it away")
+        if self.distributed:
+            dist.barrier()  # every rank has looked before rank 0 deletes or writes anything
+        if self.is_main:
+            for name in found if cfg.overwrite else []:
+                (self.run_dir / name).unlink()  # a symlink itself, never its target
+            if cfg.overwrite and found:
+                self._log(f"--overwrite: removed {', '.join(found)} from {self.run_dir}")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        return ckpt
+
+    def _load_resume(self, found: list[str]) -> dict[str, Any]:
+        """Read ``last.pt`` for a resume and refuse settings that would change the run."""
+        cfg = self.cfg
         if not self.last_path.exists():
-            raise ValueError(f"--resume given but {self.last_path} does not exist: start without --resume "
+            others = [name for name in found if name != "last.pt"]
+            held = (f" ({self.run_dir} holds {', '.join(others)} but no last.pt: start it again with --overwrite)"
+                    if others else "")
+            raise ValueError(f"--resume given but {self.last_path} does not exist{held}: start without --resume "
                              "or point --run-dir at the run to continue")
         ckpt = load_checkpoint(self.last_path, map_location="cpu")
+        stored = ckpt.get("train_config")
+        if not isinstance(stored, dict) and (self.run_dir / "config.json").is_file():
+            stored = json.loads((self.run_dir / "config.json").read_text())  # an older last.pt
+        conflicts = resume_conflicts(stored, cfg) if isinstance(stored, dict) else []
+        if conflicts:
+            raise ValueError(
+                f"--resume would change the run in {self.run_dir}: " + "; ".join(conflicts) + ". A resumed run "
+                f"keeps its settings (stored in {self.last_path}); only {', '.join(RESUME_MAY_DIFFER)} may differ. "
+                "Resume with the original flags, or start a new run with another --run-dir (or --overwrite)")
+        done = int(ckpt.get("epoch", 0))
+        if cfg.epochs < done:
+            raise ValueError(f"epochs={cfg.epochs} (--epochs) is fewer than the {done} epochs {self.last_path} holds "
+                             f"already: pass --epochs {done} or more to continue it")
+        return ckpt
+
+    def _resume(self, ckpt: dict[str, Any] | None = None) -> None:
+        """Load model, optimizer, scheduler, scaler, RNG and history from ``ckpt`` (by default the
+        checked ``last.pt``)."""
+        if ckpt is None:
+            ckpt = self._load_resume([])
         stored = MedNeXtConfig.from_dict(ckpt["config"])
         if stored != self.model.config:
             raise ValueError(f"{self.last_path} holds a different network ({stored}) than this run builds "
@@ -494,13 +624,12 @@ class Trainer:
         keys: list[str] = []
         for row in self.history:
             keys += [k for k in row if k not in keys]
-        tmp = self.run_dir / f".metrics.csv.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
-        os.replace(tmp, self.run_dir / "metrics.csv")
-        _atomic_write_text(self.run_dir / "metrics.json", json.dumps(self.history, indent=1) + "\n")
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write(self.run_dir / "metrics.csv", table.getvalue())
+        atomic_write(self.run_dir / "metrics.json", json.dumps(self.history, indent=1) + "\n")
         try:
             self._plot()
         except Exception as err:  # noqa: BLE001 - a figure must never kill a run
@@ -525,9 +654,7 @@ class Trainer:
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
-        tmp = self.run_dir / f".curves.tmp{os.getpid()}.png"
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, self.run_dir / "curves.png")
+        atomic_write(self.run_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=90), suffix=".png")
 
     # -- loops ---------------------------------------------------------------------------------
     def _batches(self, epoch: int) -> Iterator[dict[str, Any]]:
@@ -562,6 +689,8 @@ class Trainer:
         bar = tqdm(range(cfg.iters_per_epoch), desc=f"epoch {self.epoch + 1}/{cfg.epochs}", unit="it",
                    leave=False, disable=not (self.is_main and cfg.progress), dynamic_ncols=True)
         batches = self._batches(self.epoch)
+        params = list(self.model.parameters())
+        weights_ok = None  # were the weights finite after the previous iteration? (read with the next sync)
         for step in bar:
             batch = next(batches)
             x, y = self._prepare(batch["image"]), self._prepare(batch["label"])
@@ -573,17 +702,22 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            # One host sync per step: the loss value and the finiteness check travel together. With fp16
-            # an inf gradient norm is routine (the scaler skips that step); otherwise it is divergence.
-            watched = [loss.detach().float()] + ([] if self.scaler.is_enabled() else [grad_norm.float()])
+            # One host sync per step: the loss value, the gradient norm and the previous iteration's weight
+            # check travel together. With fp16 an inf gradient norm is routine (the scaler skips that
+            # step); otherwise it is divergence.
+            watched = [loss.detach().float(), grad_norm.detach().float()]
+            watched += [] if weights_ok is None else [weights_ok.float()]
             values = torch.stack(watched).tolist()
-            loss_value, finite = values[0], all(map(math.isfinite, values))
-            if self._any_rank(not finite):
-                raise TrainingDiverged(
-                    f"loss became {loss_value} at epoch {self.epoch + 1}, step {step + 1} (global step "
-                    f"{self.global_step + 1}); the step was not applied and the last good checkpoint "
-                    f"{self.last_path} (epoch {self.epoch}) is kept. Lower --lr, check the data for NaN/inf, "
-                    "or resume with --resume")
+            loss_value = values[0]
+            problem = ""
+            if weights_ok is not None and values[2] != 1.0:
+                problem = f"{self._bad_weight()} after iteration {step}"
+            elif not math.isfinite(loss_value):
+                problem = f"the loss became {loss_value}"
+            elif not math.isfinite(values[1]) and not self.scaler.is_enabled():
+                problem = f"the gradient norm became {values[1]}"
+            if self._any_rank(bool(problem)):
+                self._diverged(problem or "another process diverged", step + 1, self.global_step + 1)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.global_step += 1
@@ -595,12 +729,35 @@ class Trainer:
                 if self.on_step_end is not None:
                     self.on_step_end({"epoch": self.epoch, "step": step, "global_step": self.global_step,
                                       "loss": loss_value, "lr": lr, "model": self.model})
+            with torch.no_grad():  # after the callback, which may touch the weights
+                weights_ok = torch.stack([torch.isfinite(p).all() for p in params]).all()
         bar.close()
+        # The last iteration's update has no next step to be checked with: check it before anything is saved.
+        if weights_ok is not None and self._any_rank(not bool(weights_ok)):
+            iters = cfg.iters_per_epoch
+            self._diverged(f"{self._bad_weight()} after iteration {iters}", iters, self.global_step)
         mean = torch.tensor([total, float(count)], dtype=torch.float64)
         if self.distributed:
             mean = mean.to(self.device if self.device.type == "cuda" else "cpu")
             dist.all_reduce(mean)
         return float(mean[0] / max(mean[1].item(), 1.0))
+
+    def _bad_weight(self) -> str:
+        for name, p in self.model.named_parameters():
+            bad = int((~torch.isfinite(p.detach())).sum())
+            if bad:
+                return f"weight {name!r} got {bad} NaN/inf value(s) of {p.numel()}"
+        return "the weights of another process became NaN/inf"
+
+    def _diverged(self, problem: str, iteration: int, global_step: int) -> None:
+        cfg = self.cfg
+        kept = (f"{self.last_path} (epoch {self.epoch}) is still the last checkpoint, every tensor in it finite"
+                if self.last_path.exists() else "no checkpoint had been written yet")
+        raise TrainingDiverged(
+            f"training diverged at epoch {self.epoch + 1}, iteration {iteration} of {cfg.iters_per_epoch} (global "
+            f"step {global_step}): {problem}. Nothing was saved from that state: {kept}. Lower --lr (now "
+            f"{cfg.lr:g}) and start again with --overwrite (a resumed run keeps its settings), and check the "
+            "training images for NaN/inf voxels")
 
     def validate(self) -> dict[str, Any]:
         """Dice (and HD95 when configured) on this rank's share of the validation cases, summed
@@ -628,20 +785,17 @@ class Trainer:
         start = time.perf_counter()
         self._init_distributed()
         try:
-            if self.last_path.exists() and not cfg.resume:
-                raise ValueError(f"{self.run_dir} already holds a run ({self.last_path}): pass --resume to "
-                                 "continue it, or choose another --run-dir")
-            if self.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt = self._claim_run_dir()
             self._setup_data()
             _seed_all(cfg.seed)  # the initial weights derive from the seed too
             self._setup_model()
             self.epoch, self.global_step, self.history = 0, 0, []
             self.best_dice, self.best_epoch = -1.0, -1
-            if cfg.resume:
-                self._resume()
-            if self.is_main:
-                _atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+            if ckpt is not None:
+                self._resume(ckpt)
+                del ckpt
+            if self.is_main:  # after the resume checks: it names only settings this run uses
+                atomic_write(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
                 self._log(f"run {self.run_dir}: {self.model.config.spatial_dims}D MedNeXt-{cfg.variant} k{cfg.kernel_size}, "
                           f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                           f"{len(self.train_cases)} train / {len(self.val_cases)} val cases, device {self.device}"
@@ -692,7 +846,10 @@ def train(
     """Run (or, with ``cfg.resume``, continue) a training run and return its :class:`TrainResult`.
 
     Works the same in one process and under ``torchrun --nproc_per_node N``. Raises
-    :class:`TrainingDiverged` on a NaN/inf loss (the last good checkpoint stays) and
-    :class:`CheckpointError` when ``last.pt`` cannot be read on resume.
+    :class:`TrainingDiverged` on a NaN/inf loss, gradient norm or weight (nothing is saved from
+    that state; the last checkpoint on disk stays the last finite one), ``ValueError`` for a run
+    directory holding an earlier run (without ``resume``/``overwrite``) or a resume that changes
+    :data:`RESUME_MUST_MATCH` settings, and :class:`CheckpointError` when ``last.pt`` cannot be
+    read, fails its checksum or holds NaN/inf on resume.
     """
     return Trainer(cfg, on_epoch_end=on_epoch_end, on_step_end=on_step_end).fit()

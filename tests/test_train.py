@@ -1,5 +1,6 @@
 """Trainer: loss weighting, schedule, config errors, files written, exact resume after a real
-SIGKILL, the NaN guard and refusal of corrupt checkpoints. Tiny models on a tiny synthetic task."""
+SIGKILL, the NaN/inf guards, run-directory and resume-settings rules, and refusal of corrupt
+checkpoints. Tiny models on a tiny synthetic task; the command-line tests call the real CLI."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mednext_lite.cli import main
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
 from mednext_lite.train import (
+    RESUME_MAY_DIFFER,
+    RESUME_MUST_MATCH,
     CheckpointError,
     TrainConfig,
     Trainer,
@@ -135,7 +139,7 @@ def test_train_writes_checkpoints_metrics_and_curves(task, tmp_path):
     # and resuming it for another fold is refused rather than training on the stored fold.
     with pytest.raises(ValueError, match="--resume"):
         train(cfg)
-    with pytest.raises(ValueError, match=r"split.json holds the split for fold=0, but fold=1 was asked for"):
+    with pytest.raises(ValueError, match=r"fold \(--fold\): 0 -> 1"):
         train(cfg.replace(resume=True, fold=1, epochs=3))
 
 
@@ -227,18 +231,26 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_broken_file(tmp_path):
     assert torch.equal(ckpt["filler"], torch.full((250_000,), float(ckpt["epoch"])))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(task, tmp_path):
+@pytest.mark.parametrize("step", [0, 1])
+def test_nan_weights_stop_the_run_and_keep_the_last_finite_checkpoint(task, tmp_path, step):
+    # A weight turned NaN in the middle of an epoch (step 0 of 2) or by its last update (step 1),
+    # which used to be saved as last.pt with nothing after it to notice.
     def poison(info):
-        if info["epoch"] == 1 and info["step"] == 0:
+        if info["epoch"] == 1 and info["step"] == step:
             with torch.no_grad():
-                next(info["model"].parameters()).fill_(float("nan"))
+                info["model"].stem.weight.view(-1)[0] = float("nan")
 
     cfg = tiny_cfg(task, tmp_path / "run")
-    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 2.*last good checkpoint"):
-        train(cfg, on_step_end=poison)
+    good = {}
+    with pytest.raises(TrainingDiverged, match=rf"epoch 2, iteration 2 of 2 \(global step 4\): weight 'stem\.weight' "
+                       rf"got 1 NaN/inf value\(s\) of \d+ after iteration {step + 1}\. Nothing was saved .*last\.pt \(epoch 1\)"):
+        train(cfg, on_epoch_end=lambda row: good.update(last=(tmp_path / "run" / "last.pt").read_bytes()),
+              on_step_end=poison)
+    assert (tmp_path / "run" / "last.pt").read_bytes() == good["last"]
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert [r["epoch"] for r in json.loads((tmp_path / "run" / "metrics.json").read_text())] == [1]
 
 
 def test_corrupt_checkpoint_is_refused_with_a_clear_message(task, tmp_path):
@@ -283,3 +295,125 @@ def test_2d_training_on_slices_with_hd95_channels_last_and_checkpointing(task, t
     assert 0.0 <= row["val_dice_mean"] <= 1.0
     assert "val_hd95_mean" in row
     assert load_checkpoint(result.last_checkpoint)["config"]["spatial_dims"] == 2
+
+
+# -- bad numbers, run directories and resume settings, through the command line ---------------------
+
+def cli_args(task: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--task", str(task), "--run-dir", str(run), "--base-width", "4", "--blocks", "1",
+            "--patch", "32", "--iters", "1", "--batch", "1", "--no-progress", "--no-augment", "--n-folds", "3",
+            "--sw-batch-size", "1", "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "0"), ("--grad-clip", "nan"),
+                                        ("--grad-clip", "inf"), ("--eps=-1e-4", None), ("--weight-decay", "nan")])
+def test_non_finite_or_non_positive_settings_are_refused_before_anything_is_written(task, tmp_path, capsys, flag,
+                                                                                    value):
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, *([flag, value] if value else [flag]))) == 2  # "--eps=-1e-4": not an option
+    err = capsys.readouterr().err
+    assert f"({flag.split('=')[0]}) must be a finite number" in err and "Traceback" not in err
+    assert not run.exists()
+
+
+def test_an_update_that_makes_weights_inf_stops_before_any_checkpoint(task, tmp_path, capsys):
+    # 1e39 is a finite float64 but overflows float32: the first AdamW update turns weights into inf,
+    # which used to be written to last.pt as "the last good checkpoint".
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--lr", "1e39", "--epochs", "1")) == 3
+    err = capsys.readouterr().err
+    assert "epoch 1, iteration 1 of 1" in err and "NaN/inf value(s)" in err and "after iteration 1." in err
+    assert "no checkpoint had been written yet" in err and "--overwrite" in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "split.json"]  # nothing from that state
+
+
+def test_divergence_on_resume_leaves_the_last_finite_checkpoint_bit_identical(task, tmp_path, capsys):
+    # lr 1e30: the first epoch's single update leaves finite (if absurd, ~1e30) weights; the next
+    # forward pass overflows, so the resumed epoch diverges at its first iteration.
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--lr", "1e30", "--epochs", "1")) == 0
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.json", "metrics.csv")}
+    capsys.readouterr()
+    assert main(cli_args(task, run, "--lr", "1e30", "--epochs", "2", "--resume")) == 3
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2, iteration 1 of 1" in err
+    assert f"{run / 'last.pt'} (epoch 1) is still the last checkpoint" in err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    ckpt = load_checkpoint(run / "last.pt")  # refuses NaN/inf weights: it loads, so they are finite
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_a_run_dir_with_best_and_config_but_no_last_is_not_overwritten(task, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--epochs", "1")) == 0
+    for name in ("last.pt", "split.json", "metrics.csv", "metrics.json", "curves.png"):
+        (run / name).unlink()
+    kept = {name: (run / name).read_bytes() for name in ("best.pt", "config.json")}
+    capsys.readouterr()
+    assert main(cli_args(task, run, "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run (config.json, best.pt)" in err and "--overwrite" in err
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json"]
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    assert main(cli_args(task, run, "--epochs", "1", "--resume")) == 2
+    assert "holds config.json, best.pt but no last.pt: start it again with --overwrite" in capsys.readouterr().err
+    assert main(cli_args(task, run, "--epochs", "1", "--resume", "--overwrite")) == 2
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_overwrite_removes_only_the_files_a_run_writes(task, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--epochs", "1")) == 0
+    old_best = (run / "best.pt").read_bytes()
+    (run / "notes.txt").write_text("my notes")
+    outside = tmp_path / "precious.json"
+    outside.write_text("keep me")
+    (run / "metrics.json").unlink()
+    (run / "metrics.json").symlink_to(outside)  # a link is removed, its target never written
+    assert main(cli_args(task, run, "--epochs", "1", "--overwrite", "--seed", "1")) == 0
+    assert (run / "notes.txt").read_text() == "my notes" and outside.read_text() == "keep me"
+    assert not (run / "metrics.json").is_symlink()
+    assert json.loads((run / "split.json").read_text())["meta"]["seed"] == 1  # a fresh split, not the old one
+    assert (run / "best.pt").read_bytes() != old_best
+
+
+def test_resume_refuses_settings_that_change_the_run_and_keeps_config_json(task, tmp_path, capsys):
+    from mednext_lite.data.synthetic import make_synthetic_task
+
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--epochs", "1")) == 0
+    files = {name: (run / name).read_bytes() for name in ("config.json", "last.pt", "split.json")}
+    other = make_synthetic_task(tmp_path / "other", n_train=3, n_test=0, shape=(32, 32, 32), seed=5, progress=False)
+    refused = {
+        ("--lr", "0.01"): "lr (--lr): 0.001 -> 0.01",
+        ("--patch", "48"): "patch_size (--patch): [32, 32, 32] -> [48, 48, 48]",
+        ("--base-width", "8"): "model_overrides (--base-width/--blocks): {'base_width': 4, 'block_counts': 1} -> "
+                               "{'base_width': 8, 'block_counts': 1}",
+    }
+    for extra, message in refused.items():
+        capsys.readouterr()
+        assert main(cli_args(task, run, "--epochs", "2", "--resume", *extra)) == 2, extra
+        err = capsys.readouterr().err
+        assert "--resume would change the run" in err and message in err, err
+    capsys.readouterr()
+    assert main(cli_args(other, run, "--epochs", "2", "--resume")) == 2
+    assert f"task_dir (--task): {str(task)!r} -> {str(other)!r}" in capsys.readouterr().err
+    assert main(cli_args(task, run, "--epochs", "0", "--resume")) == 2  # refused by the flag check itself
+    assert {name: (run / name).read_bytes() for name in files} == files  # nothing rewritten
+    # settings that leave the maths alone may change: more epochs, validation cadence, workers
+    assert main(cli_args(task, run, "--epochs", "2", "--resume", "--val-every", "2", "--num-workers", "0",
+                         "--release-freed-memory")) == 0
+    stored = json.loads((run / "config.json").read_text())
+    assert (stored["epochs"], stored["val_every"], stored["lr"], stored["resume"]) == (2, 2, 1e-3, True)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+    capsys.readouterr()
+    assert main(cli_args(task, run, "--epochs", "1", "--resume")) == 2
+    assert "fewer than the 2 epochs" in capsys.readouterr().err
+
+
+def test_resume_lists_cover_every_setting_once():
+    from dataclasses import fields
+
+    names = [f.name for f in fields(TrainConfig)]
+    assert sorted(RESUME_MUST_MATCH + RESUME_MAY_DIFFER) == sorted(names)
+    assert not set(RESUME_MUST_MATCH) & set(RESUME_MAY_DIFFER)
