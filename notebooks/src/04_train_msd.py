@@ -2,8 +2,9 @@
 # # 04 · Train MedNeXt on a Medical Segmentation Decathlon task
 #
 # **What you will learn**
-# - to fetch an MSD task (Hippocampus by default, 27 MB) or, offline, to use the embedded synthetic
-#   task in the same layout, and to inspect it before training;
+# - to fetch an MSD task (Hippocampus by default, 27 MB) or, offline, to write a task in the same
+#   layout: the synthetic "comma" or a brain-tissue task made from the real MNI152 brain template;
+#   and to inspect it before training;
 # - to train with the paper's recipe and watch live curves;
 # - to score the validation cases per class, save predictions as NIfTI in the original geometry, and
 #   compare them with an intensity-threshold baseline;
@@ -12,7 +13,8 @@
 # %% [parameters]
 task = "Task04_Hippocampus"  # any MSD task name
 data_dir = None  # None: $MEDNEXT_DATA or ./data
-use_synthetic = False  # True: skip the download and use the synthetic task (CI sets this)
+use_synthetic = False  # True: skip the download and use the offline task (CI sets this)
+offline_task = "synthetic"  # offline: "synthetic" (two shapes of one intensity) or "brain" (MNI152 GM/WM/CSF)
 variant = "S"  # S, B, M or L
 kernel_size = 3
 spatial_dims = 3  # 2 trains on axial slices
@@ -24,7 +26,7 @@ model_overrides = {}  # e.g. {"base_width": 16, "block_counts": 1} for a small C
 augment = True
 max_val_cases = 20  # validation cases scored during training
 n_predict = 4  # validation cases written as NIfTI predictions and shown
-n_synthetic = 40  # cases of the synthetic task
+n_synthetic = 40  # cases of the offline task
 output_dir = "runs/04_train_msd"
 seed = 0
 device = "auto"
@@ -38,6 +40,7 @@ from IPython.display import display
 from mednext_lite import viz
 from mednext_lite.data import (DatasetError, DownloadError, load_split, load_task, make_synthetic_task, read_image,
                                resolve_data_dir, threshold_baseline)
+from mednext_lite.data.brain import make_brain_task
 from mednext_lite.data.commands import summarize_task
 from mednext_lite.inference import evaluate_folder, predict_from_checkpoint
 from mednext_lite.notebooks import Lesson
@@ -48,10 +51,18 @@ lesson = Lesson(output_dir, seed=seed, device=device)
 # %% [markdown]
 # ## 1. The data
 # The download is checked against its MD5 and resumes when interrupted; a second run finds the task
-# already extracted. Without internet (or with `use_synthetic=True`) the notebook writes the synthetic
-# task instead: two structures of the **same** intensity, told apart only by shape and position.
+# already extracted. Without internet (or with `use_synthetic=True`) the notebook writes an offline task
+# instead, chosen by `offline_task`:
+# - `"synthetic"`: two structures of the **same** intensity, told apart only by shape and position;
+# - `"brain"`: grey matter, white matter and other brain (mostly CSF) on T1 MRI, from the MNI ICBM152
+#   2009 template that ships with nilearn ((C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre,
+#   Montreal Neurological Institute, McGill University), deformed, re-contrasted, bias-corrupted and
+#   noisy per case. Intensity separates these tissues fairly well, except where the bias field moves one
+#   into another's range: a network must use the neighbourhood to beat the rule.
 
 # %%
+if offline_task not in ("synthetic", "brain"):
+    raise ValueError(f"offline_task={offline_task!r}: use 'synthetic' or 'brain'")
 root = resolve_data_dir(data_dir)
 synthetic = bool(use_synthetic)
 if not synthetic:
@@ -60,12 +71,17 @@ if not synthetic:
 
         task_dir = download_task(task, root)
     except (DownloadError, OSError) as err:
-        print(f"could not download {task} ({type(err).__name__}: {err}); using the synthetic task instead")
+        print(f"could not download {task} ({type(err).__name__}: {err}); using the {offline_task} task instead")
         synthetic = True
 if synthetic:
-    task_dir = make_synthetic_task(root if data_dir else lesson.out / "data", n_train=n_synthetic, n_test=2,
-                                   flavour="mri", seed=seed, progress=False)
-    print(f"USING THE SYNTHETIC TASK {task_dir.name} (use_synthetic={use_synthetic}); its Dice says nothing about {task}")
+    offline_root = root if data_dir else lesson.out / "data"
+    if offline_task == "brain":
+        task_dir = make_brain_task(offline_root, n_train=n_synthetic, n_test=2, seed=seed, progress=False)
+    else:
+        task_dir = make_synthetic_task(offline_root, n_train=n_synthetic, n_test=2, flavour="mri", seed=seed,
+                                       progress=False)
+    print(f"USING THE OFFLINE TASK {task_dir.name} (use_synthetic={use_synthetic}, offline_task={offline_task!r}); "
+          f"its Dice says nothing about {task}")
 info = load_task(task_dir)
 print(summarize_task(info, max_cases=20))
 
@@ -145,14 +161,17 @@ for path in written:
     source = next(c for c in val_cases if c["image"].name == path.name)
     assert np.allclose(pred_affine, read_image(source["image"])[1]), "predictions keep the image's geometry"
 assert scores["mean_dice"] > base_val["mean_foreground_dice"], "the network must beat the intensity rule"
-lesson.record(task=info.name, synthetic=synthetic, best_val_dice=result.best_mean_dice,
+lesson.record(task=info.name, synthetic=synthetic, offline_task=offline_task if synthetic else None,
+              best_val_dice=result.best_mean_dice,
               predicted_dice=scores["dice"], predicted_mean_dice=scores["mean_dice"],
               baseline_mean_dice=base_val["mean_foreground_dice"], train_seconds=result.seconds,
               predictions=[str(p) for p in written])
 
 # %% [markdown]
-# The network beats the intensity rule because the rule cannot tell apart two structures of equal
-# intensity; the network uses shape and position. Look at a prediction:
+# The network beats the intensity rule because it sees each voxel's neighbourhood: on the synthetic
+# task the two structures have equal intensity and only shape and position tell them apart; on the
+# brain a smooth bias field makes grey matter in a bright region look like white matter in a dark one,
+# which the rule cannot undo and the network can. Look at a prediction:
 
 # %%
 case = val_cases[0]
@@ -199,3 +218,5 @@ assert steps == 250_000 and gpu.lr == 1e-3 and gpu.eps == 1e-4
 # 3. Open a prediction in the slice viewer (lesson 05) and find the slice with the worst error.
 # 4. Switch off `augment`: does the validation Dice drop, or only the gap between train and validation?
 # 5. Try `task="Task09_Spleen"` (1.5 GB, CT): which window shows the spleen best?
+# 6. Offline, set `use_synthetic=True, offline_task="brain"`: real anatomy. Which tissue does the
+#    intensity rule get most wrong, and where in the brain (compare the prediction with the truth)?
