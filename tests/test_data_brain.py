@@ -51,7 +51,7 @@ def test_task_is_written_in_msd_layout_and_loads(task):
     assert "Fonov" in meta["reference"] and "nilearn" in meta["reference"]
     assert meta["numTraining"] == 3 and meta["numTest"] == 1 and meta["test"] == ["./imagesTs/mnibrain_003.nii.gz"]
     assert not (task / "labelsTs").exists()
-    info = load_task(task)
+    info = load_task(task, strict=True)  # strict: a warning (affine mismatch, float labels...) would fail too
     assert len(info.training) == 3 and info.in_channels == 1 and not info.is_ct and info.num_classes == 4
     shape, affine = brain_grid(SPACING)
     for case in info.training:
