@@ -141,6 +141,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     MONAI) still load: only their readability and finiteness are checked.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: pass the file in it, e.g. {path / 'best.pt'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: check the path (runs live under ./runs/<name>/)")
     try:

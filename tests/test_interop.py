@@ -68,6 +68,8 @@ def test_corrupt_truncated_and_missing_files_are_named(tmp_path):
             load_checkpoint(tmp_path / f"junk{i}.pt")
     with pytest.raises(CheckpointError, match=r"nothere\.pt does not exist"):
         load_checkpoint(tmp_path / "nothere.pt")
+    with pytest.raises(CheckpointError, match=r"is a folder: pass the file in it, e\.g\. .*best\.pt"):
+        load_checkpoint(tmp_path)
     with pytest.raises(CheckpointError, match="no embedded config"):
         model_from_checkpoint({"state_dict": MedNeXt(small()).state_dict()})
 

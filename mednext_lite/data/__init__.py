@@ -1,9 +1,11 @@
 """MSD data for mednext_lite: catalogue and download, dataset.json reader and validator (errors
-and warnings), seeded splits, the embedded synthetic task, MONAI pipelines and cached datasets,
-and the intensity-only baseline. Command-line doors live in ``mednext_lite.data.commands``."""
+and warnings), seeded splits, the embedded synthetic and MNI152 brain-tissue tasks, MONAI
+pipelines and cached datasets, and the intensity-only baseline. Command-line doors live in
+``mednext_lite.data.commands``."""
 
 from .baseline import dice_per_class, threshold_baseline
-from .catalogue import DATA_ENV_VAR, MSD_TASKS, MSDTask, get_task, resolve_data_dir
+from .brain import make_brain_task
+from .catalogue import DATA_ENV_VAR, MSD_TASKS, MSDTask, get_task, resolve_data_dir, validate_task_name
 from .dataset import (
     DatasetError,
     DatasetWarning,
@@ -19,23 +21,35 @@ from .dataset import (
     validate_task,
     voxel_spacing,
 )
-from .download import DownloadError, download_task, fetch_archive, safe_extract
+from .download import (
+    ArchiveLimitError,
+    DownloadError,
+    ExtractLimits,
+    TransferLimits,
+    download_task,
+    fetch_archive,
+    safe_extract,
+)
 from .synthetic import FLAVOURS, make_synthetic_task, synthesize_case
-from .transforms import DEFAULT_CT_WINDOW, get_transforms, make_dataset
+from .transforms import DEFAULT_CT_WINDOW, default_cache_dir, get_transforms, make_dataset
 
 __all__ = [
     "DATA_ENV_VAR",
     "DEFAULT_CT_WINDOW",
     "FLAVOURS",
     "MSD_TASKS",
+    "ArchiveLimitError",
     "DatasetError",
     "DatasetWarning",
     "DownloadError",
+    "ExtractLimits",
     "MSDTask",
     "TaskInfo",
     "TaskReport",
+    "TransferLimits",
     "add_data_subcommands",
     "check_task",
+    "default_cache_dir",
     "dice_per_class",
     "download_task",
     "fetch_archive",
@@ -44,6 +58,7 @@ __all__ = [
     "get_transforms",
     "load_split",
     "load_task",
+    "make_brain_task",
     "make_dataset",
     "make_split",
     "make_synthetic_task",
@@ -56,6 +71,7 @@ __all__ = [
     "synthesize_case",
     "threshold_baseline",
     "validate_task",
+    "validate_task_name",
     "voxel_spacing",
 ]
 
