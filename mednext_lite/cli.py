@@ -28,8 +28,8 @@ _SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", 
 
 def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic: bool = True) -> Path:
     """Find a task directory from ``--task``: an existing path, a folder under the data root, an
-    MSD name/number ("Hippocampus", "04") or ``synthetic`` / ``synthetic-ct`` / ``synthetic-mri4d``
-    (written on first use). A missing MSD task is an error telling how to download it; a name that
+    MSD name/number ("Hippocampus", "04"), ``synthetic`` / ``synthetic-ct`` / ``synthetic-mri4d`` or
+    ``brain`` (the MNI152 tissue task; these are written on first use). A missing MSD task is an error telling how to download it; a name that
     is not a folder holding dataset.json must be a plain name (no '..', no absolute path), so that
     nothing is ever looked up or written outside the data root."""
     from .data.catalogue import get_task, resolve_data_dir, validate_task_name
@@ -46,11 +46,12 @@ def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic
     if (root / task / "dataset.json").is_file():
         return root / task
     key = task.strip().lower()
-    if key in _SYNTHETIC:
+    if key in _SYNTHETIC or key == "brain":
+        from .data.brain import BRAIN_TASK, make_brain_task
         from .data.synthetic import FLAVOURS, make_synthetic_task
 
-        flavour = _SYNTHETIC[key]
-        target = root / FLAVOURS[flavour].task_name
+        flavour = _SYNTHETIC.get(key)
+        target = root / (FLAVOURS[flavour].task_name if flavour else BRAIN_TASK)
         if (target / "dataset.json").is_file() or not create_synthetic:
             return target
         if int(os.environ.get("RANK", "0")) != 0:
@@ -59,9 +60,12 @@ def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic
             while not (target / "dataset.json").is_file():
                 if time.monotonic() > deadline:
                     raise ValueError(f"rank {os.environ['RANK']} waited 10 min for rank 0 to write {target}; "
-                                     f"write it once first: mednext-lite data synthesize --data-dir {root}")
+                                     f"write it once first: mednext-lite data {'synthesize' if flavour else 'brain'} "
+                                     f"--data-dir {root}")
                 time.sleep(1.0)
             return target
+        if flavour is None:
+            return make_brain_task(root, progress=True)
         return make_synthetic_task(root, flavour=flavour, progress=True)
     try:
         msd = get_task(task)
@@ -91,7 +95,7 @@ def _add_train(sub: Any) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="data root (default: $MEDNEXT_DATA or ./data)")
     g.add_argument("--task", default="synthetic",
-                   help="task directory, MSD name/number (e.g. Hippocampus, 04) or synthetic[-ct|-mri4d]")
+                   help="task directory, MSD name/number (e.g. Hippocampus, 04), synthetic[-ct|-mri4d] or brain")
     g.add_argument("--fold", type=int, default=0, help="cross-validation fold held out for validation")
     g.add_argument("--n-folds", type=int, default=5, help="number of folds of the split")
     g.add_argument("--spacing", type=float, nargs="+", default=None, help="resample to this spacing in mm (1 or 3 values)")

@@ -27,7 +27,8 @@ def test_every_subcommand_is_wired(capsys):
     top = help_text(capsys)
     for name in ("train", "predict", "evaluate", "profile", "data"):
         assert name in top
-    assert "synthesize" in help_text(capsys, "data")
+    data_help = help_text(capsys, "data")
+    assert "synthesize" in data_help and "brain" in data_help and "inspect" in data_help
     train = help_text(capsys, "train")
     for flag in ("--data-dir", "--task", "--variant", "--kernel", "--spatial-dims", "--epochs", "--iters", "--batch",
                  "--patch", "--device", "--resume", "--upkern-from", "--amp", "--channels-last", "--grad-checkpointing",

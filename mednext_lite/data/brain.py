@@ -21,11 +21,9 @@ without warranty. The task's dataset.json carries that notice and the references
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +32,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..safe_io import atomic_write
-from .catalogue import DATA_ENV_VAR, resolve_data_dir
 from .synthetic import _rotation, _save, _smooth_field
 
 __all__ = [
-    "BRAIN_LABELS", "BRAIN_TASK", "TEMPLATE_NOTICE", "brain_grid", "brain_main", "make_brain_task",
+    "BRAIN_LABELS", "BRAIN_TASK", "TEMPLATE_NOTICE", "brain_grid", "make_brain_task",
     "synthesize_brain_case",
 ]
 
@@ -238,28 +235,3 @@ def make_brain_task(
     }
     atomic_write(task_dir / "dataset.json", json.dumps(meta, indent=4) + "\n")
     return task_dir
-
-
-def brain_main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``data_scripts/make_brain_task.py``: write the task under the data root and
-    print where it went, its grid and how long it took; returns the exit code (2: nilearn missing)."""
-    p = argparse.ArgumentParser(description=f"write {BRAIN_TASK} (MNI152 brain tissue, T1w MRI) in MSD layout")
-    p.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV_VAR} if set, else ./data)")
-    p.add_argument("--n-train", type=int, default=20, help="labelled training cases")
-    p.add_argument("--n-test", type=int, default=2, help="unlabelled test cases (imagesTs)")
-    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (1.5-2 suits a CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        task_dir = make_brain_task(resolve_data_dir(args.data_dir), n_train=args.n_train, n_test=args.n_test,
-                                   spacing=args.spacing, seed=args.seed, progress=not args.no_progress)
-    except ImportError as err:
-        print(f"error: {err}")
-        return 2
-    shape, _ = brain_grid(args.spacing)
-    print(f"wrote {task_dir}: {args.n_train} training + {args.n_test} test cases, "
-          f"{' x '.join(map(str, shape))} voxels of {args.spacing:g} mm, in {time.perf_counter() - start:.1f} s")
-    print(f"template: {TEMPLATE_NOTICE}")
-    return 0

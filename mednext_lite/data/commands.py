@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
 from ..safe_io import UnsafePathError, atomic_write
+from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
+from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
 from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
@@ -201,6 +202,30 @@ def _run_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_brain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    p.add_argument("--n-train", type=int, default=20, help="labelled training cases")
+    p.add_argument("--n-test", type=int, default=2, help="unlabelled test cases (imagesTs)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm (1.5-2 suits a CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_brain(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    try:
+        task_dir = make_brain_task(resolve_data_dir(args.data_dir), n_train=args.n_train, n_test=args.n_test,
+                                   spacing=args.spacing, seed=args.seed, progress=not args.no_progress)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    shape, _ = brain_grid(args.spacing)
+    print(f"wrote {task_dir}: {args.n_train} training + {args.n_test} test cases, "
+          f"{' x '.join(map(str, shape))} voxels of {args.spacing:g} mm, in {time.perf_counter() - start:.1f} s")
+    print(f"template: {TEMPLATE_NOTICE}")
+    return 0
+
+
 def _find_task_dir(task: str, data_dir: str | None) -> Path:
     path = Path(task)
     if path.is_dir():
@@ -256,12 +281,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "download": ("download, verify and extract an MSD task", _add_download_args, _run_download),
     "synthesize": ("write the synthetic task in MSD layout", _add_synthesize_args, _run_synthesize),
+    "brain": (f"write {BRAIN_TASK} (MNI152 brain tissue, T1w MRI, from nilearn's bundled template) in MSD layout",
+              _add_brain_args, _run_brain),
     "inspect": ("validate a task, print its summary and save a montage", _add_inspect_args, _run_inspect),
 }
 
 
 def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``download``, ``synthesize`` and ``inspect`` on ``subparsers``; each parser's
+    """Register ``download``, ``synthesize``, ``brain`` and ``inspect`` on ``subparsers``; each parser's
     ``handler`` default is the function to call with the parsed namespace (it returns an exit
     code)."""
     for name, (help_text, add_args, handler) in _COMMANDS.items():
@@ -285,6 +312,11 @@ def download_main(argv: Sequence[str] | None = None) -> int:
 def synthesize_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``data_scripts/make_synthetic_task.py``; returns the exit code."""
     return _standalone("synthesize", argv)
+
+
+def brain_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``data_scripts/make_brain_task.py``; returns the exit code (2: nilearn missing)."""
+    return _standalone("brain", argv)
 
 
 def inspect_main(argv: Sequence[str] | None = None) -> int:
