@@ -21,9 +21,9 @@ from .notebooks import BUILD_DIR, NotebookError, load_manifest, run_notebook
 #: Figures copied by ``--figures`` (the README shows these): (notebook, file name in its output dir).
 README_FIGURES = [
     ("04_train_msd", "prediction.png"),
-    ("03_upkern", "upkern_curves.png"),
+    ("06_upkern", "upkern_curves.png"),
     ("01_mednext_block", "effective_receptive_field.png"),
-    ("05_slice_viewer", "windows.png"),
+    ("02_slice_viewer", "windows.png"),
 ]
 
 
@@ -71,14 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = sorted(p.name for p in run.output_dir.glob("*.png"))
         print(f"  {run.spec.name:<22} {run.seconds:6.1f} s  {', '.join(figures) or '-'}")
     print(f"  total {total:.0f} s")
-    trained = next((r.summary for r in runs if r.spec.name.startswith("04")), None)
+    trained = next((r.summary for r in runs if r.spec.name == "04_train_msd"), None)
     if trained:
         print(f"\nDice reached (04, {trained.get('task')}, validation cases, NIfTI predictions): "
               f"{trained['predicted_mean_dice']:.3f} {_rounded(trained['predicted_dice'])}; "
               f"threshold baseline on the same cases {trained['baseline_mean_dice']:.3f}")
-    upkern = next((r.summary for r in runs if r.spec.name.startswith("03")), None)
+    upkern = next((r.summary for r in runs if r.spec.name == "06_upkern"), None)
     if upkern:
-        print(f"UpKern (03): k5 from UpKern {upkern['k5_upkern_dice']:.3f} vs k5 from scratch "
+        print(f"UpKern (06): k5 from UpKern {upkern['k5_upkern_dice']:.3f} vs k5 from scratch "
               f"{upkern['k5_scratch_dice']:.3f} on the same budget")
     if args.figures:
         out = Path(args.figures)

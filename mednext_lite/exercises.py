@@ -1,4 +1,4 @@
-"""Checkers for the classroom sheet ``notebooks/06_exercises.ipynb``: they answer with hints.
+"""Checkers for the classroom sheet ``notebooks/07_exercises.ipynb``: they answer with hints.
 
 Each ``check_*`` function takes a student's answer (a function or numbers), compares it with the
 package's own implementation on a few inputs, and returns a :class:`Feedback` that prints as a

@@ -30,8 +30,10 @@ __all__ = [
     "collect_csv",
     "load_manifest",
     "notebook_problems",
+    "SIZES",
     "plot_sweep",
     "run_notebook",
+    "sized",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +188,7 @@ def notebook_problems(path: str | os.PathLike) -> list[str]:
 def collect_csv(paths: str | Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
     """Concatenate CSV result files (a glob pattern or a list) into one list of rows, adding a
     ``source`` column; numbers are converted back from text. This is how papermill sweeps of
-    ``02_compound_scaling`` are gathered into one table."""
+    ``05_compound_scaling`` are gathered into one table."""
     files = sorted(glob.glob(paths, recursive=True)) if isinstance(paths, str) else [str(p) for p in paths]
     if not files:
         raise ValueError(f"no CSV files match {paths!r}: run the notebook (its output_dir holds results.csv) first")
@@ -233,6 +235,38 @@ def plot_sweep(rows: list[Mapping[str, Any]], x: str, y: str, *, group: str | No
     if group:
         ax.legend(title=group, fontsize=8)
     return fig
+
+
+#: The sizes every lesson offers in its ``size`` parameter: "ci" is what CI and ``make demo`` run
+#: (a minute or less on 2 CPU cores), "class" fits a classroom (about 5 minutes on a 2-core
+#: laptop), "gpu" is a real run on one GPU.
+SIZES = ("ci", "class", "gpu")
+
+
+def sized(size: str, table: Mapping[str, Mapping[str, Any]], **explicit: Any) -> dict[str, Any]:
+    """The settings of one lesson size: ``table[size]`` with every ``explicit`` value that is not
+    ``None`` put over it, so a parameter set by hand (or by papermill) always wins over the size.
+
+    ``table`` maps each of :data:`SIZES` to the same keys; an unknown size, a row with other keys,
+    or an explicit name that no row has is a ``ValueError`` naming it (a typo must not fall back to
+    the size's value silently).
+    """
+    if size not in SIZES:
+        raise ValueError(f"size={size!r} is not a lesson size: use one of {', '.join(map(repr, SIZES))}")
+    missing = [name for name in SIZES if name not in table]
+    if missing:
+        raise ValueError(f"the size table has no row for {missing}: give every size its values")
+    keys = set(table[SIZES[0]])
+    for name in SIZES[1:]:
+        if set(table[name]) != keys:
+            raise ValueError(f"size rows differ: {name!r} has {sorted(set(table[name]) ^ keys)} that "
+                             f"{SIZES[0]!r} has not (or the reverse); give every row the same keys")
+    unknown = sorted(set(explicit) - keys)
+    if unknown:
+        raise ValueError(f"{unknown} are not sized settings (sized: {sorted(keys)}); fix the name")
+    values = dict(table[size])
+    values.update({k: v for k, v in explicit.items() if v is not None})
+    return values
 
 
 class Lesson:

@@ -11,7 +11,7 @@ import torch
 from mednext_lite import exercises as ex
 from mednext_lite.notebooks import NOTEBOOK_DIR
 
-SOLUTIONS = runpy.run_path(str(NOTEBOOK_DIR / "solutions" / "06_exercises_solutions.py"))["SOLUTIONS"]
+SOLUTIONS = runpy.run_path(str(NOTEBOOK_DIR / "solutions" / "07_exercises_solutions.py"))["SOLUTIONS"]
 
 
 def test_every_checker_accepts_the_solution_and_rejects_its_mistake():
@@ -80,5 +80,5 @@ def test_blank_sheet_runs_without_errors(tmp_path):
     """A student's "Run all" on the untouched sheet shows hints and never stops on an error."""
     from mednext_lite.notebooks import run_notebook
 
-    run = run_notebook("06_exercises", build_dir=tmp_path, parameters={"solutions": None})
+    run = run_notebook("07_exercises", build_dir=tmp_path, parameters={"solutions": None})
     assert run.summary == {"score": 0, "total": len(ex.CHECKS), "solutions": False}

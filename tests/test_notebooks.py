@@ -117,9 +117,23 @@ def test_manifest_parameters_are_declared(spec):
 def test_demo_runs_selected_notebooks_and_reports(tmp_path, capsys):
     from mednext_lite import demo
 
-    code = demo.main(["--only", "06", "--build-dir", str(tmp_path / "notebooks"), "--figures", str(tmp_path / "f")])
+    code = demo.main(["--only", "07", "--build-dir", str(tmp_path / "notebooks"), "--figures", str(tmp_path / "f")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "intensity-threshold baseline" in out and "06_exercises" in out and "ok in" in out
-    assert (tmp_path / "notebooks" / "06_exercises.ipynb").is_file()
+    assert "intensity-threshold baseline" in out and "07_exercises" in out and "ok in" in out
+    assert (tmp_path / "notebooks" / "07_exercises.ipynb").is_file()
     assert (tmp_path / "data" / "Task90_SyntheticMRI" / "dataset.json").is_file()
+
+
+def test_sized_takes_the_row_and_lets_explicit_values_win():
+    from mednext_lite.notebooks import sized
+
+    table = {"ci": {"epochs": 2, "width": 8}, "class": {"epochs": 20, "width": 16}, "gpu": {"epochs": 200, "width": 32}}
+    assert sized("class", table) == {"epochs": 20, "width": 16}
+    assert sized("ci", table, epochs=5, width=None) == {"epochs": 5, "width": 8}
+    with pytest.raises(ValueError, match="'huge' is not a lesson size"):
+        sized("huge", table)
+    with pytest.raises(ValueError, match=r"\['epoch'\] are not sized settings"):
+        sized("ci", table, epoch=3)
+    with pytest.raises(ValueError, match="size rows differ"):
+        sized("ci", {**table, "gpu": {"epochs": 1}})

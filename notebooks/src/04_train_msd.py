@@ -214,8 +214,8 @@ assert steps == 250_000 and gpu.lr == 1e-3 and gpu.eps == 1e-4
 # %% [markdown]
 # ## Try this
 # 1. Train 2D (`spatial_dims=2`) and 3D with the same budget: which wins on Hippocampus, and which is faster?
-# 2. Use `kernel_size=5` with `upkern_from=` the k3 checkpoint (lesson 03) and compare.
-# 3. Open a prediction in the slice viewer (lesson 05) and find the slice with the worst error.
+# 2. Use `kernel_size=5` with `upkern_from=` the k3 checkpoint (lesson 06) and compare.
+# 3. Open a prediction in the slice viewer (lesson 02) and find the slice with the worst error.
 # 4. Switch off `augment`: does the validation Dice drop, or only the gap between train and validation?
 # 5. Try `task="Task09_Spleen"` (1.5 GB, CT): which window shows the spleen best?
 # 6. Offline, set `use_synthetic=True, offline_task="brain"`: real anatomy. Which tissue does the

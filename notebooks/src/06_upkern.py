@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 03 · UpKern: growing a large kernel from a small one
+# # 06 · UpKern: growing a large kernel from a small one
 #
 # **What you will learn**
 # - what UpKern does to each tensor of a network: copy, resize (interpolate) or refuse;
@@ -23,7 +23,7 @@ iters_per_epoch = 25
 augment = True  # random rotations, scaling, intensity changes (the CI run turns them off for speed)
 max_val_cases = 4  # validation cases scored after every epoch
 n_train = 24  # synthetic cases (when task_dir is None)
-output_dir = "runs/03_upkern"
+output_dir = "runs/06_upkern"
 seed = 0
 device = "auto"
 

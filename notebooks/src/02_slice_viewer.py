@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 05 · The slice viewer: looking at volumes the way radiologists do
+# # 02 · The slice viewer: looking at volumes the way radiologists do
 #
 # **What you will learn**
 # - how a 3D volume becomes axial, coronal and sagittal slices, on a real brain MRI (the MNI152
@@ -15,7 +15,7 @@ task_dir = None  # an MSD task folder (e.g. "data/Task09_Spleen"); None: the MNI
 brain_spacing = 2.0  # mm, voxel size of the brain task (1.5 is finer and slower)
 case = 0  # which training case to show
 interactive = None  # None: widgets when a front end exists, static figures otherwise
-output_dir = "runs/05_slice_viewer"
+output_dir = "runs/02_slice_viewer"
 seed = 0
 device = "auto"
 

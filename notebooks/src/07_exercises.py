@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 06 · Classroom exercises
+# # 07 · Classroom exercises
 #
 # **What you will learn** (by doing it yourself)
 # - to write a MedNeXt block's forward pass from its layers;
@@ -9,13 +9,13 @@
 # - to compute Dice and read a Dice table without being fooled by the background.
 #
 # Replace each `raise NotImplementedError` (or `None`) with your answer and run the cell: the checker
-# under it answers with a hint, never with a bare error. Lessons 01, 03 and 05 contain everything you
+# under it answers with a hint, never with a bare error. Lessons 01, 02 and 06 contain everything you
 # need. Teachers: the solutions live in `notebooks/solutions/`; run the sheet with
-# `solutions="solutions/06_exercises_solutions.py"` to see them all pass.
+# `solutions="solutions/07_exercises_solutions.py"` to see them all pass.
 
 # %% [parameters]
 solutions = None  # path of a solutions file: fills every answer in (teachers, CI)
-output_dir = "runs/06_exercises"
+output_dir = "runs/07_exercises"
 seed = 0
 device = "auto"
 
@@ -84,7 +84,7 @@ results["receptive_field"]
 # %% [markdown]
 # ## Exercise 4 · UpKern one tensor
 # `weight` is a conv weight `[out, in, 3, 3, 3]` (or 2D `[out, in, 3, 3]`). Return it resized to kernel
-# `k` the way UpKern does it (lesson 03). Hint: `F.interpolate`.
+# `k` the way UpKern does it (lesson 06). Hint: `F.interpolate`.
 
 # %%
 def upkern(weight, k):

@@ -1,6 +1,6 @@
-"""Reference solutions for notebooks/06_exercises.ipynb (for teachers and CI; students: try first!).
+"""Reference solutions for notebooks/07_exercises.ipynb (for teachers and CI; students: try first!).
 
-CI runs the sheet with ``solutions="solutions/06_exercises_solutions.py"``; the sheet then replaces
+CI runs the sheet with ``solutions="solutions/07_exercises_solutions.py"``; the sheet then replaces
 each blank answer by the one below, and ``mednext_lite.exercises.verify_checkers`` proves every
 checker accepts these and rejects a known mistake with the right hint.
 """

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # 02 · Compound scaling: depth, width and kernel size
+# # 05 · Compound scaling: depth, width and kernel size
 #
 # **What you will learn**
 # - what each scaling axis of MedNeXt costs: parameters, multiply-accumulates (MACs), receptive field,
@@ -26,7 +26,7 @@ ablation_epochs = 10
 ablation_iters = 25
 ablation_augment = True
 n_train = 24
-output_dir = "runs/02_compound_scaling"
+output_dir = "runs/05_compound_scaling"
 seed = 0
 device = "auto"
 
@@ -219,7 +219,7 @@ if ablation:
 # ```python
 # import papermill as pm
 # for dims in (2, 3):
-#     pm.execute_notebook("02_compound_scaling.ipynb", f"runs/sweep/02_{dims}d.ipynb",
+#     pm.execute_notebook("05_compound_scaling.ipynb", f"runs/sweep/05_{dims}d.ipynb",
 #                         parameters={"spatial_dims": dims, "output_dir": f"runs/sweep/{dims}d"})
 # rows = collect_csv("runs/sweep/*/results.csv")
 # ```
