@@ -614,6 +614,25 @@ def show_slices(
     return fig
 
 
+#: Curves with at most this many drawn points get a marker on every point; denser ones are lines
+#: only, except where a curve has gaps (a value every few epochs), which always keeps its markers.
+_MARKER_LIMIT = 60
+
+
+def _finite_points(xs: Sequence[Any], values: Sequence[Any]) -> tuple[list[float], list[float]]:
+    """The (x, y) pairs of a curve whose y is a finite number: None, NaN and inf are gaps."""
+    px, py = [], []
+    for xv, yv in zip(xs, values):
+        try:
+            y = float(yv)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(y):
+            px.append(float(xv))
+            py.append(y)
+    return px, py
+
+
 def plot_curves(
     history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, float]],
     *,
@@ -624,32 +643,52 @@ def plot_curves(
 ) -> Figure:
     """Plot training curves: one panel for losses (any key containing "loss") and one for the
     rest (Dice etc.). ``history`` is a dict of lists or a list of per-epoch dicts; ``baselines``
-    draws labelled horizontal lines (e.g. the threshold baseline's Dice) on the metric panel."""
+    draws labelled horizontal lines (e.g. the threshold baseline's Dice) on the metric panel.
+
+    A value that is missing, ``None``, NaN or inf is a gap, not a point: validation that runs every
+    few epochs is drawn at the epochs that have it, with a marker on each, joined by a line across
+    the epochs in between. ``ylabel`` maps ``"loss"`` and ``"metric"`` to axis labels; by default
+    the metric axis reads "Dice" when every metric's name mentions Dice (its axis then spans 0..1)
+    and "value" otherwise. The x axis is labelled ``x`` and gets whole-number ticks.
+    """
+    from matplotlib.ticker import MaxNLocator
+
     if isinstance(history, Mapping):
         series = {k: list(v) for k, v in history.items()}
     else:
-        keys = sorted({k for row in history for k in row})
+        keys: list[str] = []
+        for row in history:
+            keys += [k for k in row if k not in keys]
         series = {k: [row.get(k, np.nan) for row in history] for k in keys}
     xs = series.pop(x, None)
     if not series:
         raise ValueError(f"history has no series besides {x!r}: pass e.g. {{'epoch': [...], 'loss': [...]}}")
     losses = {k: v for k, v in series.items() if "loss" in k}
     metrics = {k: v for k, v in series.items() if "loss" not in k}
+    all_dice = bool(metrics) and all("dice" in k.lower() for k in metrics)
+    labels = {"loss": "loss", "metric": "Dice" if all_dice else "value", **dict(ylabel or {})}
     groups = [(g, n) for g, n in ((losses, "loss"), (metrics, "metric")) if g]
     fig = Figure(figsize=(5.5 * len(groups), 3.8), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
     for ax, (group, kind) in zip(axes, groups):
         for name, values in group.items():
-            xv = xs if xs is not None and len(xs) == len(values) else range(1, len(values) + 1)
-            ax.plot(list(xv), values, marker="o" if len(values) < 30 else None, markersize=3, label=name)
+            xv = list(xs) if xs is not None and len(xs) == len(values) else list(range(1, len(values) + 1))
+            px, py = _finite_points(xv, values)
+            if not px:  # nothing measured yet: keep the legend entry, draw no point
+                ax.plot([], [], label=f"{name} (no values yet)")
+                continue
+            gaps = len(px) < len(values)
+            marker = "o" if gaps or len(px) <= _MARKER_LIMIT else None
+            ax.plot(px, py, marker=marker, markersize=4, label=name)
         if kind == "metric" and baselines:
             for name, value in baselines.items():
-                ax.axhline(value, color="grey", linestyle="--", linewidth=1)
-                ax.annotate(name, (ax.get_xlim()[0], value), textcoords="offset points", xytext=(4, 3),
-                            fontsize=8, color="grey")
+                ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.3f})")
+        if kind == "metric" and all_dice:
+            ax.set_ylim(0.0, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x)
-        ax.set_ylabel((ylabel or {}).get(kind, kind))
-        ax.set_title(f"{title}: {kind}")
+        ax.set_ylabel(labels[kind])
+        ax.set_title(f"{title}: {labels[kind]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig

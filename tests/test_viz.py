@@ -163,6 +163,35 @@ def test_plot_curves():
         viz.plot_curves({"epoch": [1, 2]})
 
 
+def test_plot_curves_draws_sparse_validation_as_a_marked_line():
+    # 30 epochs, validation every 5th: the metric is NaN (or missing) on the other 25 epochs.
+    epochs = list(range(1, 31))
+    dice = [0.1 + 0.02 * e if e % 5 == 0 else np.nan for e in epochs]
+    curves = {"epoch": epochs, "train_loss": [1.0 / e for e in epochs], "val Dice (mean foreground)": dice}
+    fig = viz.plot_curves(curves, title="run", baselines={"threshold rule": 0.4},
+                          ylabel={"metric": "mean foreground Dice"})
+    loss_ax, metric_ax = fig.axes
+    line = metric_ax.lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), [5, 10, 15, 20, 25, 30])
+    np.testing.assert_allclose(line.get_ydata(), [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    assert line.get_marker() not in (None, "None", "", " ") and line.get_linestyle() == "-"
+    assert metric_ax.get_ylabel() == "mean foreground Dice" and metric_ax.get_xlabel() == "epoch"
+    assert "mean foreground Dice" in metric_ax.get_title() and loss_ax.get_title()
+    assert len(loss_ax.lines[0].get_xdata()) == 30  # the dense loss keeps every epoch
+    assert metric_ax.lines[-1].get_label() == "threshold rule (0.400)"
+    # the same history as per-epoch rows, validation keys absent between validations
+    rows = [{"epoch": e, "train_loss": 1.0 / e, **({"val_dice_mean": d} if d == d else {})} for e, d in zip(epochs, dice)]
+    sparse = viz.plot_curves(rows).axes[1]
+    assert len(sparse.lines[0].get_xdata()) == 6 and sparse.get_ylabel() == "Dice"
+    assert sparse.get_ylim() == (0.0, 1.02)
+
+
+def test_plot_curves_with_no_values_yet_keeps_a_legend_entry():
+    fig = viz.plot_curves({"epoch": [0], "train_loss": [np.nan], "val_dice": [None]})
+    assert [len(ax.lines[0].get_xdata()) for ax in fig.axes] == [0, 0]
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "train_loss (no values yet)"
+
+
 def test_initial_plane_starts_at_its_best_slice(volume):
     image, label, _ = volume
     viewer = viz.SliceViewer(image, label, plane="sagittal")
