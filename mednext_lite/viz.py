@@ -648,8 +648,9 @@ def plot_curves(
     A value that is missing, ``None``, NaN or inf is a gap, not a point: validation that runs every
     few epochs is drawn at the epochs that have it, with a marker on each, joined by a line across
     the epochs in between. ``ylabel`` maps ``"loss"`` and ``"metric"`` to axis labels; by default
-    the metric axis reads "Dice" when every metric's name mentions Dice (its axis then spans 0..1)
-    and "value" otherwise. The x axis is labelled ``x`` and gets whole-number ticks.
+    the metric axis reads "Dice" when every metric's name mentions Dice and "value" otherwise; a
+    Dice axis (by names or by label) spans 0..1. Each panel's title is ``title`` over its axis name;
+    the x axis is labelled ``x`` and gets whole-number ticks.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -667,6 +668,7 @@ def plot_curves(
     metrics = {k: v for k, v in series.items() if "loss" not in k}
     all_dice = bool(metrics) and all("dice" in k.lower() for k in metrics)
     labels = {"loss": "loss", "metric": "Dice" if all_dice else "value", **dict(ylabel or {})}
+    dice_axis = all_dice or "dice" in labels["metric"].lower()
     groups = [(g, n) for g, n in ((losses, "loss"), (metrics, "metric")) if g]
     fig = Figure(figsize=(5.5 * len(groups), 3.8), layout="constrained")
     axes = fig.subplots(1, len(groups), squeeze=False)[0]
@@ -683,12 +685,12 @@ def plot_curves(
         if kind == "metric" and baselines:
             for name, value in baselines.items():
                 ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=f"{name} ({value:.3f})")
-        if kind == "metric" and all_dice:
+        if kind == "metric" and dice_axis:
             ax.set_ylim(0.0, 1.02)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x)
         ax.set_ylabel(labels[kind])
-        ax.set_title(f"{title}: {labels[kind]}")
+        ax.set_title(f"{title}\n{labels[kind]}", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig

@@ -167,7 +167,7 @@ def test_plot_curves_draws_sparse_validation_as_a_marked_line():
     # 30 epochs, validation every 5th: the metric is NaN (or missing) on the other 25 epochs.
     epochs = list(range(1, 31))
     dice = [0.1 + 0.02 * e if e % 5 == 0 else np.nan for e in epochs]
-    curves = {"epoch": epochs, "train_loss": [1.0 / e for e in epochs], "val Dice (mean foreground)": dice}
+    curves = {"epoch": epochs, "train_loss": [1.0 / e for e in epochs], "selection cases": dice}
     fig = viz.plot_curves(curves, title="run", baselines={"threshold rule": 0.4},
                           ylabel={"metric": "mean foreground Dice"})
     loss_ax, metric_ax = fig.axes
@@ -176,7 +176,8 @@ def test_plot_curves_draws_sparse_validation_as_a_marked_line():
     np.testing.assert_allclose(line.get_ydata(), [0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     assert line.get_marker() not in (None, "None", "", " ") and line.get_linestyle() == "-"
     assert metric_ax.get_ylabel() == "mean foreground Dice" and metric_ax.get_xlabel() == "epoch"
-    assert "mean foreground Dice" in metric_ax.get_title() and loss_ax.get_title()
+    assert metric_ax.get_title() == "run\nmean foreground Dice" and loss_ax.get_title() == "run\nloss"
+    assert metric_ax.get_ylim() == (0.0, 1.02)  # a Dice axis by its label, whatever the curve is called
     assert len(loss_ax.lines[0].get_xdata()) == 30  # the dense loss keeps every epoch
     assert metric_ax.lines[-1].get_label() == "threshold rule (0.400)"
     # the same history as per-epoch rows, validation keys absent between validations
