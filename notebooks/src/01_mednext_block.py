@@ -223,18 +223,20 @@ lesson.record(block_cost=cost, mednext_over_plain=ratio)
 expected_saved = (3 + 2 * expansion_ratio) / 3
 assert abs(ratio["saved_mb"] / expected_saved - 1) < 0.05, (ratio["saved_mb"], expected_saved)
 assert ratio["saved_mb"] > 1 > ratio["macs"], "fewer MACs, more memory kept for backward"
-# Robust on any machine: per multiply-accumulate, the MedNeXt block is slower than the plain block.
+# Per multiply-accumulate the MedNeXt block is slower (true on every CPU run of this lesson so far).
 assert ratio["step_ms"] > ratio["macs"], "time does not shrink with MACs: the wide tensors must be moved"
 
 # %% [markdown]
 # **What the numbers say.** The MedNeXt block has fewer parameters and MACs than the plain block, yet
-# it keeps (3 + 2R) / 3 = 3.7x as many bytes for the backward pass (exact, asserted above), and its
-# forward + backward step is *not* faster in proportion to its MACs (asserted: time ratio > MAC ratio).
-# On the 2-core CPU this lesson was written on, at class size, the MedNeXt block's step took about 2x
-# the plain block's despite about 1/3 of the MACs (measured there, illustrative: your numbers will
-# differ, the printed table above is this run's). At CI size the tensors are tiny and the timings are
-# mostly overhead; only the memory ratio is meaningful there. In a whole network this is why MedNeXt's
-# activation memory, not its parameter count, decides the batch and patch size (lesson 05 measures it).
+# it keeps (3 + 2R) / 3 times as many bytes for the backward pass (3.7x at R=4; exact, asserted above),
+# and its forward + backward step is *not* faster in proportion to its MACs (asserted: time ratio >
+# MAC ratio). On the 2-core CPU this lesson was written on (one thread, a busy machine), at class size,
+# the MedNeXt block's step took 2.5 to 3x the plain block's with 1/3 of its MACs (measured there,
+# illustrative: the printed table above is this run's). At CI size the tensors are tiny and the
+# timings are partly overhead; the memory ratio is exact at every size. On a GPU the time balance may
+# differ (not measured for this text): run `size="gpu"` there and read the table. In a whole network,
+# activation memory rather than parameter count limits the batch and patch size (lesson 05 measures
+# a network's peak memory).
 #
 # **Layer by layer.** Where does the block's time go? Each layer is timed on its own input, so the
 # expansion (`conv2`) and the depthwise conv (`conv1`) both read the same C-wide tensor shape.

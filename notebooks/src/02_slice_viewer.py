@@ -66,7 +66,7 @@ def load_case(task, index=0):
 # (C) 1993-2004 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, McGill
 # University; shipped inside nilearn, so nothing is downloaded), deformed, re-contrasted, given a bias
 # field and made noisy per case, with grey matter, white matter and "other brain" (mostly CSF) labelled
-# from the template's tissue probability maps. Lessons 04 to 06 can train on it (`offline_task="brain"`).
+# from the template's tissue probability maps. Lesson 04 trains on it at class size (`offline_task="brain"`).
 
 # %%
 if task_dir is None:
@@ -126,7 +126,7 @@ print(f"coronal slice {viewer.index}: {expected.shape[1]} x {expected.shape[0]} 
 
 # %% [markdown]
 # ## 3. The synthetic "comma" task: only shape and position separate its labels
-# The default task of lessons 03 to 06 (and of `make demo` and the tests) is synthetic, so it needs no
+# The default task of lessons 03, 05 and 06 (and of `make demo` and the tests) is synthetic: it needs no
 # download and every case is reproducible from a seed. Each case is a "comma" inside a body of soft
 # tissue: a rounded **head** (label 1) joined to a thinner, tapered, bent **tail** (label 2), like the
 # anterior and posterior hippocampus. Head and tail are drawn from **one** intensity distribution, so
@@ -304,7 +304,7 @@ ax_bars.set_xlim(-1100, hu_top)
 ax_bars.set_xlabel("Hounsfield units (HU)")
 ax_bars.set_ylabel("windows")
 fig.suptitle(f"{ct_task.name}: HU histogram and one axial slice per window")
-lesson.show(fig, "ct_windows")
+lesson.show(fig, "windows")  # the README shows this figure (mednext_lite/demo.py)
 
 inside = ct_image[ct_label > 0].astype(float)
 spread = {}
