@@ -3,7 +3,7 @@
 Each ``check_*`` function takes a student's answer (a function or numbers), compares it with the
 package's own implementation on a few inputs, and returns a :class:`Feedback` that prints as a
 short verdict. A wrong answer is never a bare ``AssertionError``: the checker recognises the common
-mistakes (missing shortcut path, stride ignored, align_corners, IoU for Dice, ...) and names them.
+mistakes (missing residual path, stride ignored, align_corners, IoU for Dice, ...) and names them.
 
 An answer may not delegate to the package function it re-implements: while the student's function
 runs, that function (and the module methods that would compute the same thing) is disabled, so
@@ -189,7 +189,7 @@ def _block_layers_forbidden() -> list[Any]:
 
 def _down_cases() -> list[tuple[Any, torch.Tensor]]:
     """Down blocks the sheet has never seen: other widths and ratios than lesson 01, 2D with GRN on,
-    and one without the shortcut path."""
+    and one without the residual path."""
     from .blocks import MedNeXtDownBlock
 
     torch.manual_seed(0)
@@ -209,13 +209,13 @@ def _down_cases() -> list[tuple[Any, torch.Tensor]]:
 
 def check_down_block_forward(fn: Callable[[Any, torch.Tensor], torch.Tensor]) -> Feedback:
     """Exercise 1: ``fn(block, x)`` computes a ``MedNeXtDownBlock``'s output from its layers
-    ``conv1, norm, conv2, act, grn, conv3`` and its shortcut ``res_conv`` (``None`` when absent),
+    ``conv1, norm, conv2, act, grn, conv3`` and its residual path ``res_conv`` (``None`` when absent),
     without calling the block's own ``forward`` or ``branch``."""
     name = "down block forward"
     errors = {
-        "size of tensor": "x has C channels at full resolution, the branch 2C at half: the down block's shortcut "
-                          "is block.res_conv(x) (a stride-2 1x1 conv), not x itself",
-        "'NoneType' object is not callable": "block.res_conv is None when the block is built without a shortcut "
+        "size of tensor": "x has C channels at full resolution, the branch 2C at half: the down block's residual "
+                          "path is block.res_conv(x) (a stride-2 1x1 conv), not x itself",
+        "'NoneType' object is not callable": "block.res_conv is None when the block is built without a residual path "
                                              "(residual=False): return the branch alone then",
     }
     for block, x in _down_cases():
@@ -236,7 +236,7 @@ def check_down_block_forward(fn: Callable[[Any, torch.Tensor], torch.Tensor]) ->
             c1 = block.conv1(x)
             res = block.res_conv(x) if block.res_conv is not None else 0
             near = {
-                "the shortcut path is missing: add block.res_conv(x) to the branch": block.branch(x),
+                "the residual path is missing: add block.res_conv(x) to the branch": block.branch(x),
                 "the norm is missing: apply block.norm right after the depthwise conv1": res + block.conv3(
                     block.grn(block.act(block.conv2(c1)))),
                 "the activation is missing: apply block.act (GELU) after the expansion conv2": res + block.conv3(
@@ -252,7 +252,7 @@ def check_down_block_forward(fn: Callable[[Any, torch.Tensor], torch.Tensor]) ->
         return _hint(name, f"{where}: the output differs from the block's; print the shape after each layer and "
                            "compare with lesson 01, section 2")
     return _ok(name, "conv1 (stride 2) -> norm -> conv2 -> GELU -> GRN -> conv3 (2C), plus res_conv(x) when present; "
-                     "3D and 2D, with and without GRN and shortcut.")
+                     "3D and 2D, with and without GRN and residual path.")
 
 
 # -- 2. the down block's parameters by hand -------------------------------------------------------
@@ -284,7 +284,7 @@ def check_down_block_parameters(fn: Callable[[int, int, int, int], int]) -> Feed
         plain_block = (c * k**d + c) + 2 * c + (c * r * c + r * c) + (r * c * c + c)
         res = 2 * c * c + 2 * c
         if got == want - res:
-            return _hint(name, f"{where}; the shortcut res_conv (1x1, stride 2, C -> 2C, with bias) is missing")
+            return _hint(name, f"{where}; the residual path res_conv (1x1, stride 2, C -> 2C, with bias) is missing")
         if got == plain_block or got == plain_block + res:
             return _hint(name, f"{where}; that counts conv3 as RC -> C (the plain block of lesson 01): in the down "
                                "block conv3 produces 2C channels")
@@ -1001,7 +1001,7 @@ def _mistake_ds_loss(outputs: Sequence[torch.Tensor], label: torch.Tensor, base_
 #: One typical wrong answer per exercise, with a phrase its hint must contain.
 MISTAKES: dict[str, tuple[Any, str]] = {
     "down_block_forward": (lambda block, x: block.conv3(block.grn(block.act(block.conv2(block.norm(block.conv1(x)))))),
-                           "shortcut path is missing"),
+                           "residual path is missing"),
     "down_block_parameters": (lambda c, r, k, d: (c * k**d + c) + 2 * c + (c * r * c + r * c) + (r * c * c + c),
                               "conv3 produces 2C"),
     "predict_parameters": (lambda p, a, b, blocks, c: _predict(p, a, b, [

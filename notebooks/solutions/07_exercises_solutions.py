@@ -20,7 +20,7 @@ import torch.nn.functional as F
 # ## 1 · The down block's forward pass
 # Same chain as the MedNeXt block of lesson 01, with two differences the layers themselves carry:
 # `conv1` has stride 2 (half the size) and `conv3` produces 2C channels. So the input `x` (C channels,
-# full size) cannot be added to the branch; the shortcut is `res_conv(x)`, a stride-2 1x1 conv C -> 2C,
+# full size) cannot be added to the branch; the residual path is `res_conv(x)`, a stride-2 1x1 conv C -> 2C,
 # and a block built with `residual=False` has `res_conv = None`. `grn` is `nn.Identity` when GRN is off,
 # so calling it always is correct.
 
@@ -36,7 +36,7 @@ def down_block_forward(block, x):
 # %% [markdown]
 # ## 2 · The down block's parameters
 # conv1: C k^d weights + C biases (depthwise); norm: 2C; conv2: C x RC + RC; conv3: RC x 2C + 2C;
-# res_conv: C x 2C + 2C. Example C=32, R=2, k=3, 3D: 896 + 64 + 2,112 + 4,160 + 2,112 = 9,344.
+# res_conv (the residual path): C x 2C + 2C. Example C=32, R=2, k=3, 3D: 896 + 64 + 2,112 + 4,160 + 2,112 = 9,344.
 
 # %%
 def down_block_parameters(C, R, k, spatial_dims):
@@ -44,8 +44,8 @@ def down_block_parameters(C, R, k, spatial_dims):
     norm = 2 * C
     expand = C * R * C + R * C
     compress = R * C * 2 * C + 2 * C
-    shortcut = C * 2 * C + 2 * C
-    return depthwise + norm + expand + compress + shortcut
+    residual = C * 2 * C + 2 * C  # res_conv
+    return depthwise + norm + expand + compress + residual
 
 
 # %% [markdown]
@@ -343,7 +343,7 @@ if __name__ == "__main__":
 #
 # ## Lesson 07 · This sheet
 # 1. The transposed stride-2 conv gives 2n-1 voxels; one voxel is padded at the START of every spatial axis
-#    (and the same for the 1x1 transposed shortcut), so output 2i+1 lines up with input i as in the
+#    (and the same for the 1x1 transposed residual path), so output 2i+1 lines up with input i as in the
 #    reference implementation.
 # 2. M = B's ratios with blocks 3,4,4,4,4,4,4,4,3: add, per extra block at stage s of width w, its full
 #    count w k^d + w + 2w + (R w^2 + R w) + (R w^2 + w).

@@ -49,9 +49,9 @@ def answer(name, yours):
 # Lesson 01 wrote the plain block's forward; here is its sibling. `block` is a `MedNeXtDownBlock` with
 # layers `block.conv1` (depthwise, **stride 2**), `block.norm`, `block.conv2` (1x1 expansion), `block.act`
 # (GELU), `block.grn` (GRN, or `nn.Identity` when off) and `block.conv3` (1x1 to **2C** channels), and the
-# shortcut `block.res_conv` (a stride-2 1x1 conv C -> 2C, or `None` when the block has none).
+# residual path `block.res_conv` (a stride-2 1x1 conv C -> 2C, or `None` when the block has none).
 # Return its output for `x` without calling `block(x)`, `block.forward` or `block.branch`. The checker
-# tries 3D and 2D blocks, with GRN on, and one without a shortcut.
+# tries 3D and 2D blocks, with GRN on, and one without a residual path.
 
 # %%
 def down_block_forward(block, x):
