@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import time
 
 import nibabel as nib
@@ -17,7 +19,7 @@ from mednext_lite.data import (
     synthesize_case,
     threshold_baseline,
 )
-from mednext_lite.data.dataset import REQUIRED_KEYS as MSD_KEYS
+from mednext_lite.data.dataset import MSD_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,32 @@ def test_threshold_baseline_on_ct_and_subset(tmp_path):
     info = load_task(task)
     result = threshold_baseline(info, info.training[:3])
     assert result["n_cases"] == 3 and result["mean_foreground_dice"] < 0.6 and result["foreground_dice"] > 0.8
+
+
+def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path):
+    # A task folder is the user's: a case or dataset.json there may be a link to a file elsewhere.
+    kw = dict(n_train=2, n_test=1, seed=3, shape=(16, 16, 16), progress=False)
+    task = make_synthetic_task(tmp_path / "root", **kw)
+    user = tmp_path / "user"
+    user.mkdir()
+    linked = {"dataset.json": task / "dataset.json", "image": task / "imagesTr" / "synmri_000.nii.gz",
+              "label": task / "labelsTr" / "synmri_001.nii.gz", "test": task / "imagesTs" / "synmri_002.nii.gz"}
+    for name, path in linked.items():
+        (user / name).write_bytes(f"the user's {name}".encode())
+        path.unlink()
+        path.symlink_to(user / name)
+    old_umask = os.umask(0o022)
+    try:
+        make_synthetic_task(tmp_path / "root", **kw)
+    finally:
+        os.umask(old_umask)
+    for name, path in linked.items():
+        assert not path.is_symlink() and path.is_file(), path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a new file's mode, not mkstemp's 0600
+        assert (user / name).read_bytes() == f"the user's {name}".encode()
+    image, label, _ = synthesize_case([3, 0, 1], shape=(16, 16, 16))
+    assert np.array_equal(np.asanyarray(nib.load(str(linked["label"])).dataobj), label)
+    assert json.loads(linked["dataset.json"].read_text())["numTraining"] == 2
+    assert load_task(task, strict=True).num_classes == 3
+    for folder in (task, *(task / sub for sub in ("imagesTr", "labelsTr", "imagesTs"))):
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary left

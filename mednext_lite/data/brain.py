@@ -22,17 +22,15 @@ without warranty. The task's dataset.json carries that notice and the references
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..safe_io import atomic_write
-from .synthetic import _rotation, _save, _smooth_field
+from .msd_writer import write_msd_task
+from .synthetic import random_rotation, smooth_field
 
 __all__ = [
     "BRAIN_LABELS", "BRAIN_TASK", "TEMPLATE_NOTICE", "brain_grid", "make_brain_task",
@@ -153,14 +151,14 @@ def synthesize_brain_case(
     world = affine[:3, :3].astype(np.float32) @ ijk + affine[:3, 3:].astype(np.float32)
 
     # Pose and head size (the affine part), then a smooth displacement of a few mm (the local part).
-    rot = _rotation(rng, 8.0)
+    rot = random_rotation(rng, 8.0)
     scale = rng.uniform(0.92, 1.08, 3)
     shift = rng.uniform(-4.0, 4.0, 3)
     inverse = np.diag(1.0 / scale) @ rot.T  # (rot @ diag(scale))^-1: rot is orthonormal
     centre = tpl.centre_mm[:, None]
     source = inverse @ (world - centre - shift[:, None]) + centre
     amplitude = rng.uniform(2.0, 4.0)
-    source += np.stack([_smooth_field(rng, shape, coarse=4).ravel() for _ in range(3)]) * amplitude
+    source += np.stack([smooth_field(rng, shape, coarse=4).ravel() for _ in range(3)]) * amplitude
     inv_tpl = np.linalg.inv(tpl.affine)
     coords = (inv_tpl[:3, :3] @ source + inv_tpl[:3, 3:]).astype(np.float32)
 
@@ -171,7 +169,7 @@ def synthesize_brain_case(
     # Contrast curve, bias field, gain and Rician noise (magnitude of complex Gaussian noise), as a
     # scanner would add them; zero outside the skull-stripped head, like the template itself.
     clean = np.clip(t1, 0.0, None) ** rng.uniform(0.75, 1.35)
-    bias = np.exp(rng.uniform(0.12, 0.25) * _smooth_field(rng, shape, coarse=3))
+    bias = np.exp(rng.uniform(0.12, 0.25) * smooth_field(rng, shape, coarse=3))
     sigma = rng.uniform(0.015, 0.04)
     signal = clean * bias
     noisy = np.hypot(signal + rng.normal(0.0, sigma, shape), rng.normal(0.0, sigma, shape))
@@ -197,25 +195,11 @@ def make_brain_task(
     arguments give identical arrays (case k is the same whatever ``n_train`` is); re-running
     overwrites the files. Needs nilearn (its bundled data only, no download).
     """
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"n_train={n_train}, n_test={n_test}: use n_train >= 1 and n_test >= 0")
     spacing = _check_spacing(spacing)
-    task_dir = Path(out_dir) / BRAIN_TASK
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (task_dir / sub).mkdir(parents=True, exist_ok=True)
-    training, test = [], []
-    jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
-    for kind, i in tqdm(jobs, desc=f"synthesize {BRAIN_TASK}", unit="case", disable=not progress, leave=False):
-        image, label, affine = synthesize_brain_case([seed, 0 if kind == "train" else 1, i], spacing=spacing)
-        number = i if kind == "train" else n_train + i
-        fname = f"{_PREFIX}_{number:03d}.nii.gz"
-        if kind == "train":
-            _save(image, affine, task_dir / "imagesTr" / fname)
-            _save(label, affine, task_dir / "labelsTr" / fname)
-            training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
-        else:
-            _save(image, affine, task_dir / "imagesTs" / fname)
-            test.append(f"./imagesTs/{fname}")
+
+    def make_case(kind: str, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return synthesize_brain_case([seed, int(kind == "test"), i], spacing=spacing)
+
     shape, _ = brain_grid(spacing)
     meta = {
         "name": BRAIN_TASK.split("_", 1)[1],
@@ -228,10 +212,6 @@ def make_brain_task(
         "tensorImageSize": "3D",
         "modality": {"0": "T1w"},
         "labels": dict(BRAIN_LABELS),
-        "numTraining": len(training),
-        "numTest": len(test),
-        "training": training,
-        "test": test,
     }
-    atomic_write(task_dir / "dataset.json", json.dumps(meta, indent=4) + "\n")
-    return task_dir
+    return write_msd_task(Path(out_dir) / BRAIN_TASK, prefix=_PREFIX, n_train=n_train, n_test=n_test,
+                          make_case=make_case, meta=meta, progress=progress)

@@ -11,17 +11,17 @@ from the seed, so a task is reproducible bit for bit.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from tqdm.auto import tqdm
 
-__all__ = ["FLAVOURS", "SyntheticFlavour", "make_synthetic_task", "synthesize_case"]
+from .msd_writer import write_msd_task
+
+__all__ = ["FLAVOURS", "SyntheticFlavour", "make_synthetic_task", "random_rotation", "smooth_field",
+           "synthesize_case"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ FLAVOURS: dict[str, SyntheticFlavour] = {
 LABELS = {"0": "background", "1": "head", "2": "tail"}
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int = 5) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int = 5) -> np.ndarray:
     """A smooth random field in about [-1, 1] made of ``2 * coarse`` random low-frequency
     separable cosine waves (at most ``coarse / 2`` periods across the volume): the look of real
     bias fields and tissue texture, at the cost of outer products instead of a 3D upsampling."""
@@ -62,7 +62,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int 
     return field / (np.abs(field).max() + 1e-8)
 
 
-def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+def random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """A random 3x3 rotation matrix: turns about x, then y, then z, each by an angle drawn
+    uniformly from [-max_deg, max_deg] degrees (three draws from ``rng``)."""
     ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, 3))
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
     ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
@@ -136,7 +138,7 @@ def synthesize_case(
     body_r = extent / 2 * rng.uniform(0.88, 0.98, 3)
     body = (((mm / body_r) ** 2).sum(1) <= 1.0).reshape(shape)
 
-    rot = _rotation(rng, max_rotation_deg)
+    rot = random_rotation(rng, max_rotation_deg)
     scale = rng.uniform(0.9, 1.1)
     shift = rng.uniform(-0.08, 0.08, 3) * h
     q = ((mm - shift) @ rot) / scale  # world -> object frame (rot is orthonormal: inverse = transpose)
@@ -149,9 +151,9 @@ def synthesize_case(
     # Partial volume: a soft edge (about half a voxel) instead of a binary step.
     occupancy = (1.0 / (1.0 + np.exp(np.minimum(d_head, d_tail) / (0.35 * spacing.min())))).reshape(shape)
 
-    texture = _smooth_field(rng, shape, coarse=6)
-    inner = _smooth_field(rng, shape, coarse=8)
-    drift = _smooth_field(rng, shape, coarse=4)
+    texture = smooth_field(rng, shape, coarse=6)
+    inner = smooth_field(rng, shape, coarse=8)
+    drift = smooth_field(rng, shape, coarse=4)
 
     def mri_channel(tissue: float, obj: float, noise: float) -> np.ndarray:
         clean = tissue * (1 + 0.08 * texture) * (1 - occupancy) + obj * (1 + 0.06 * inner) * occupancy
@@ -170,14 +172,6 @@ def synthesize_case(
         air = -1000.0 + rng.normal(0.0, 5.0, shape)
         image = np.clip(np.round(np.where(body, hu, air)), -1024, 3071).astype(np.int16)
     return image, label, affine
-
-
-def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    nib.save(img, str(path))
 
 
 def make_synthetic_task(
@@ -202,26 +196,12 @@ def make_synthetic_task(
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown flavour {flavour!r}: use one of {sorted(FLAVOURS)}")
-    if n_train < 1 or n_test < 0:
-        raise ValueError(f"n_train={n_train}, n_test={n_test}: use n_train >= 1 and n_test >= 0")
     spec = FLAVOURS[flavour]
-    task_dir = Path(out_dir) / spec.task_name
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        (task_dir / sub).mkdir(parents=True, exist_ok=True)
-    training, test = [], []
-    jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
-    for kind, i in tqdm(jobs, desc=f"synthesize {spec.task_name}", unit="case", disable=not progress, leave=False):
+
+    def make_case(kind: str, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # Separate, seed-derived streams per case: case k is the same whatever n_train is.
-        stream = [seed, 0 if kind == "train" else 1, i]
-        image, label, affine = synthesize_case(stream, flavour=flavour, shape=shape, spacing=spacing)
-        fname = f"{spec.prefix}_{i:03d}.nii.gz" if kind == "train" else f"{spec.prefix}_{n_train + i:03d}.nii.gz"
-        if kind == "train":
-            _save(image, affine, task_dir / "imagesTr" / fname)
-            _save(label, affine, task_dir / "labelsTr" / fname)
-            training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
-        else:
-            _save(image, affine, task_dir / "imagesTs" / fname)
-            test.append(f"./imagesTs/{fname}")
+        return synthesize_case([seed, int(kind == "test"), i], flavour=flavour, shape=shape, spacing=spacing)
+
     meta = {
         "name": spec.task_name.split("_", 1)[1],
         "description": spec.description + ". Head (1) and tail (2) share one intensity distribution.",
@@ -231,10 +211,6 @@ def make_synthetic_task(
         "tensorImageSize": "4D" if flavour == "mri4d" else "3D",
         "modality": dict(spec.modality),
         "labels": dict(LABELS),
-        "numTraining": len(training),
-        "numTest": len(test),
-        "training": training,
-        "test": test,
     }
-    (task_dir / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n")
-    return task_dir
+    return write_msd_task(Path(out_dir) / spec.task_name, prefix=spec.prefix, n_train=n_train, n_test=n_test,
+                          make_case=make_case, meta=meta, progress=progress)
