@@ -130,11 +130,13 @@ def test_datasets_and_loader(tasks, tmp_path, cache):
         other = get_transforms(info, mode="train", patch_size=16, spacing=2.0)
         make_dataset(info.training, other, cache="disk", cache_dir=tmp_path / "cache")[0]
         assert len(list((tmp_path / "cache").glob("*.pt"))) == 5
-        # Validation over a case training already cached gets its own file, with its metadata.
-        val = make_dataset(info.training, get_transforms(info, mode="val", patch_size=16), cache="disk",
-                           cache_dir=tmp_path / "cache")[0]
+        # Validation over a case training already cached gets its own file (its chain differs).
+        val_tx = get_transforms(info, mode="val", patch_size=16)
+        miss = make_dataset(info.training, val_tx, cache="disk", cache_dir=tmp_path / "cache")[0]
         assert len(list((tmp_path / "cache").glob("*.pt"))) == 6
-        assert hasattr(val["image"], "affine")
+        hit = make_dataset(info.training, val_tx, cache="disk", cache_dir=tmp_path / "cache")[0]
+        assert {k: type(v) for k, v in miss.items()} == {k: type(v) for k, v in hit.items()}
+        assert torch.equal(miss["image"], hit["image"])
 
 
 def test_summary_montage_and_doors(tasks, tmp_path, capsys):
@@ -222,6 +224,24 @@ def test_default_cache_dir_is_under_the_tasks_data_root(small_task, tmp_path, mo
     loose = tmp_path / "loose.nii.gz"
     with pytest.raises(ValueError, match="dataset.json.*cache_dir"):
         default_cache_dir([{"image": str(loose)}])
+
+
+def test_disk_cache_batch_mixing_hits_and_misses(small_task, tmp_path):
+    # --cache disk after an interrupted first epoch: one case is on disk, the other is not.
+    tx = get_transforms(small_task, mode="train", patch_size=8, num_samples=1)
+    cache = tmp_path / "cache"
+    make_dataset(small_task.training[:1], tx, cache="disk", cache_dir=cache)[0]
+    assert len(list(cache.glob("*.pt"))) == 1
+    ds = make_dataset(small_task.training, tx, cache="disk", cache_dir=cache)
+    hit, miss = ds._cachecheck(ds.data[0]), ds._cachecheck(ds.data[1])
+    assert {k: type(v) for k, v in hit.items()} == {k: type(v) for k, v in miss.items()}
+    assert all(isinstance(v, torch.Tensor) for v in miss.values())
+    ds = make_dataset(small_task.training, tx, cache="disk", cache_dir=tmp_path / "cache2")
+    ds[0]  # case 0 cached, case 1 not: the first batch holds one of each
+    batch = next(iter(DataLoader(ds, batch_size=2, shuffle=False, num_workers=0)))
+    assert batch["image"].shape == (2, 1, 8, 8, 8) and batch["label"].shape == (2, 1, 8, 8, 8)
+    assert batch["foreground_start_coord"].shape == (2, 3)
+    assert len(list((tmp_path / "cache2").glob("*.pt"))) == 2
 
 
 @pytest.mark.parametrize("dangling", [False, True])

@@ -202,7 +202,9 @@ def file_state_hash(item: dict[str, Any]) -> bytes:
 class _SafePersistentDataset(PersistentDataset):
     """PersistentDataset whose cache files are only ever regular files it wrote itself: a
     symlink or folder in their place is refused (MONAI would load the link's target, or copy a
-    new file through it), and new files are renamed into place inside the cache folder."""
+    new file through it), and new files are renamed into place inside the cache folder. A miss
+    returns the very object it saved, so hits and misses look alike (tensors, never NumPy arrays)
+    and one batch can mix them."""
 
     def _cachecheck(self, item_transformed: Any) -> Any:
         name = self.hash_func(item_transformed).decode("utf-8") + self.transform_hash
@@ -218,7 +220,7 @@ class _SafePersistentDataset(PersistentDataset):
         obj = convert_to_tensor(item, convert_numeric=False, track_meta=self.track_meta)
         atomic_write(hashfile, lambda tmp: torch.save(obj, tmp, pickle_module=pickle_module,
                                                       pickle_protocol=self.pickle_protocol), suffix=".pt")
-        return item
+        return obj
 
 
 def default_cache_dir(files: Sequence[dict[str, Any]]) -> Path:
@@ -260,7 +262,9 @@ def make_dataset(
     ``default_cache_dir``) once and reuses it across runs; use it when RAM is short or many runs
     share a task. The cache key includes the transform chain and each file's size, mtime and
     inode, so neither a changed pipeline nor a task regenerated in place serves stale data; a
-    symlink in place of a cache file is refused. ``cache="none"``: plain ``Dataset``, everything
+    symlink in place of a cache file is refused. Disk-cached items hold plain tensors, without
+    MetaTensor metadata (reading that back would need unpickling arbitrary objects from the cache
+    folder). ``cache="none"``: plain ``Dataset``, everything
     recomputed every epoch (smallest footprint, slowest).
     """
     files = _plain(files)
