@@ -257,6 +257,37 @@ def test_labels_must_be_0_to_n_minus_1(task):
     assert check_task(task).errors == [line]  # the files hold only declared values
 
 
+def test_paths_no_file_system_can_hold_are_problem_lines(task, capsys):
+    # A NUL character and a 300-character name used to escape as ValueError / OSError (ENAMETOOLONG).
+    meta = _meta(task)
+    meta["training"][0]["image"] = "./imagesTr/synmri\x00000.nii.gz"
+    meta["training"][1]["label"] = "./labelsTr/" + "x" * 300 + ".nii.gz"
+    meta["test"][0] = "./imagesTs/" + "y" * 300
+    meta["training"][2] = ["not", ["a", ["dict", ["deep"]]]] * 100
+    _write_meta(task, meta)
+    json_path = str(task / "dataset.json")
+    for errors in (check_task(task).errors, check_task(task, check_contents=False).errors):
+        assert len(errors) == 4, errors
+        assert all(line.startswith(json_path) and "\n" not in line and len(line) < 600 for line in errors)
+        nul, long_label, bad_entry, long_test = errors
+        assert "training[0].image = './imagesTr/synmri\\x00000.nii.gz' holds a NUL character" in nul
+        assert "training[1].label = './labelsTr/xxx" in long_label and "name of 307 bytes" in long_label
+        assert "training[2] = ['not', [" in bad_entry and "needs both 'image' and 'label'" in bad_entry
+        assert "test[0] = './imagesTs/yyy" in long_test and "name of 300 bytes" in long_test
+    with pytest.raises(DatasetError, match="4 problem"):
+        load_task(task, validate=False)
+    assert inspect_main([str(task)]) == 2
+    assert "holds a NUL character" in capsys.readouterr().err
+
+
+def test_dataset_json_nested_too_deeply_is_a_problem_line(task):
+    (task / "dataset.json").write_text('{"training": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (line,) = validate_task(task)
+    assert line.startswith(str(task / "dataset.json")) and "nested deeper" in line and "RecursionError" in line
+    with pytest.raises(DatasetError, match="nested deeper"):
+        load_task(task)
+
+
 def test_dataset_json_problems(task):
     (task / "dataset.json").unlink()
     problems = validate_task(task)

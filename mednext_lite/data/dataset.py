@@ -10,8 +10,10 @@ one pass instead of meeting one error per epoch.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import reprlib
 import warnings
 import zlib
 from collections.abc import Callable, Sequence
@@ -29,7 +31,6 @@ from tqdm.auto import tqdm
 from ..safe_io import atomic_write, nifti_header
 
 __all__ = [
-    "DESCRIPTIVE_KEYS",
     "MSD_KEYS",
     "TRAINING_KEYS",
     "DatasetError",
@@ -47,18 +48,14 @@ __all__ = [
     "voxel_spacing",
 ]
 
-#: The keys training reads: a dataset.json without one of them cannot be used.
+#: The keys training reads: a dataset.json without one of them cannot be used. Every other key is
+#: optional: the releases spell "release" as "relase" (sic), and either spelling, or neither, is
+#: accepted; ``tensorImageSize`` is inferred from the first image when absent; a
+#: ``numTraining``/``numTest`` that disagrees with the lists is a warning.
 TRAINING_KEYS = ("training", "labels", "modality")
-#: Descriptive keys of the released dataset.json files, all optional. The releases spell "release"
-#: as "relase" (sic); either spelling, or neither, is accepted. ``tensorImageSize`` is inferred from
-#: the first image when absent; a ``numTraining``/``numTest`` that disagrees with the lists is a warning.
-DESCRIPTIVE_KEYS = ("name", "description", "reference", "licence", "relase", "release",
-                    "tensorImageSize", "numTraining", "numTest", "test")
 #: The twelve keys the package's own task writers put in a dataset.json ("release" spelt right).
 MSD_KEYS = ("name", "description", "reference", "licence", "release", "tensorImageSize",
             "modality", "labels", "numTraining", "numTest", "training", "test")
-# The former name of MSD_KEYS, importable for older callers; nothing beyond TRAINING_KEYS is required.
-REQUIRED_KEYS = MSD_KEYS
 
 # Geometry tolerance: affines are compared in millimetres; 1e-3 mm absorbs float32 round-off in
 # headers written by different tools while still catching a wrong spacing or origin.
@@ -69,6 +66,16 @@ _AFFINE_ATOL = 1e-3
 _NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 _REEXTRACT = "re-extract it from the archive (or regenerate the task)"
+
+# Values quoted in problem lines: a hostile entry (a 10^6-character name, a list nested 900 deep)
+# still gives one readable line.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 160
+_QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 3, 4, 4
+
+
+def _shown(value: Any) -> str:
+    return _QUOTE.repr(value)
 
 
 class DatasetError(ValueError):
@@ -167,6 +174,11 @@ def _read_json(task_dir: Path) -> tuple[dict[str, Any] | None, list[str]]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return None, [f"{path}: not valid JSON ({err}); re-extract the archive or fix the file"]
+    except RecursionError:
+        return None, [(f"{path}: nested deeper than a JSON reader can follow (RecursionError); a dataset.json is "
+                       "one object of lists and names: re-extract the archive or fix the file")]
+    except OSError as err:
+        return None, [f"{path}: cannot be read ({err.strerror or err}); check its permissions or re-extract it"]
     if not isinstance(meta, dict):
         return None, [f"{path}: top level must be a JSON object, got {type(meta).__name__}"]
     return meta, []
@@ -179,7 +191,7 @@ def _parse_labels(raw: Any, path: Path) -> tuple[dict[int, str] | None, list[str
         labels = {int(k): str(v) for k, v in dict(raw).items()}
     except (TypeError, ValueError):
         return None, [(f"{path}: 'labels' must map integer values to names, e.g. "
-                       f"{{\"0\": \"background\", \"1\": \"tumour\"}}, got {raw!r}")]
+                       f"{{\"0\": \"background\", \"1\": \"tumour\"}}, got {_shown(raw)}")]
     values = sorted(labels)
     if 0 not in labels:
         return labels, [f"{path}: 'labels' has no background entry \"0\"; add \"0\": \"background\""]
@@ -196,7 +208,8 @@ def _parse_modality(raw: Any, path: Path) -> tuple[dict[str, str] | None, list[s
     try:
         modality = {str(k): str(v) for k, v in dict(raw).items()}
     except (TypeError, ValueError):
-        return None, [f"{path}: 'modality' must map channel indices to names, e.g. {{\"0\": \"CT\"}}, got {raw!r}"]
+        return None, [(f"{path}: 'modality' must map channel indices to names, e.g. {{\"0\": \"CT\"}}, "
+                       f"got {_shown(raw)}")]
     if not modality:
         return modality, [f"{path}: 'modality' is empty; list one entry per image channel, e.g. {{\"0\": \"MRI\"}}"]
     return modality, []
@@ -204,20 +217,39 @@ def _parse_modality(raw: Any, path: Path) -> tuple[dict[str, str] | None, list[s
 
 def _resolve_inside(task_dir: Path, rel: Any, where: str) -> tuple[Path | None, str | None]:
     """Resolve a dataset.json path against the task folder, refusing one that leaves it (``../``,
-    an absolute path, or a symlink pointing elsewhere): a task must not read files it does not hold."""
+    an absolute path, or a symlink pointing elsewhere): a task must not read files it does not hold.
+    A path no file system can hold (a NUL character, a name too long) is refused here too, so that
+    it is one problem line naming the entry rather than an exception in the middle of the checks."""
     path = task_dir / "dataset.json"
+    shown = _shown(rel)
     if not isinstance(rel, str) or not rel:
-        return None, f"{path}: {where} = {rel!r} is not a path; use one like './imagesTr/case_001.nii.gz'"
+        return None, f"{path}: {where} = {shown} is not a path; use one like './imagesTr/case_001.nii.gz'"
+    if "\x00" in rel:
+        return None, (f"{path}: {where} = {shown} holds a NUL character, which no file name can contain; "
+                      "write the file's name as it is on disk")
     if os.path.isabs(rel):
-        return None, (f"{path}: {where} = {rel!r} is an absolute path; dataset.json paths are relative to the "
+        return None, (f"{path}: {where} = {shown} is an absolute path; dataset.json paths are relative to the "
                       f"task folder: move the file into it and write './imagesTr/{Path(rel).name}'")
     try:
         resolved = (task_dir / rel).resolve()
     except (OSError, RuntimeError) as err:  # a symlink loop
-        return None, f"{path}: {where} = {rel!r} cannot be resolved ({err}); replace the link by the file"
+        return None, f"{path}: {where} = {shown} cannot be resolved ({err}); replace the link by the file"
     if not resolved.is_relative_to(task_dir.resolve()):
-        return None, (f"{path}: {where} = {rel!r} leads outside the task folder (to {resolved}); move the file "
+        return None, (f"{path}: {where} = {shown} leads outside the task folder (to {resolved}); move the file "
                       "into the task folder and list it relative to it")
+    try:
+        resolved.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing file is reported when the files are checked, with its own fix
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            longest = max(len(os.fsencode(part)) for part in Path(rel).parts)
+            what = (f"has a name of {longest} bytes, longer than the file system allows (usually 255)" if longest > 255
+                    else f"is {len(os.fsencode(str(resolved)))} bytes long, longer than a path may be")
+            return None, (f"{path}: {where} = {shown} {what}: no such file can exist; list the file's real, "
+                          "shorter name")
+        return None, (f"{path}: {where} = {shown} cannot be looked up ({err.strerror or err}); check the name and "
+                      "the permissions of its folder")
     return resolved, None
 
 
@@ -249,7 +281,7 @@ def _parse_cases(task_dir: Path, meta: dict[str, Any]) -> tuple[list[dict[str, P
     training = []
     for i, entry in enumerate(entries("training")):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            errors.append(f"{path}: training[{i}] = {entry!r} needs both 'image' and 'label' paths")
+            errors.append(f"{path}: training[{i}] = {_shown(entry)} needs both 'image' and 'label' paths")
             continue
         image, label = place(entry["image"], f"training[{i}].image"), place(entry["label"], f"training[{i}].label")
         if image is not None and label is not None:
@@ -341,7 +373,11 @@ def read_image(path: str | os.PathLike, *, channel_first: bool = True) -> tuple[
 def _open(path: Path, what: str, read_data: bool) -> tuple[Any, np.ndarray | None, str | None]:
     """Open a listed file: its header (an absurd size is refused before any allocation) and, when
     ``read_data``, its voxels. Returns (image, data, error line)."""
-    if not path.is_file():
+    try:
+        present = path.is_file()
+    except OSError as err:  # a name too long for the file system, a folder that cannot be searched
+        return None, None, f"{path}: {what} cannot be looked up ({err.strerror or err}); check the name in dataset.json"
+    if not present:
         return None, None, (f"{path}: {what} file listed in dataset.json is missing; re-extract the archive "
                             "or remove the entry from dataset.json")
     try:
