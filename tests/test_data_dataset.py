@@ -372,6 +372,20 @@ def test_inspect_sections_and_exit_codes(task, capsys):
     assert "UNUSABLE" in captured.err and f"warning: {float_lbl}" in captured.out
 
 
+def test_inspect_validates_a_task_name_before_looking_under_the_root(task, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.chdir(root)  # a relative path is the user's own; a name is looked up under --data-dir
+    assert inspect_main([task.name, "--data-dir", str(task.parent), "--n-montage", "1"]) == 0
+    capsys.readouterr()
+    for bad, why in [(".cache", "starts with '.'"), ("", "is empty"), ("x" * 300, "longer than a folder name"),
+                     ("a\x01b", "control character")]:
+        assert inspect_main([bad, "--data-dir", str(root)]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: task name") and why in err, err
+    assert sorted(root.iterdir()) == []
+
+
 def test_inspect_replaces_a_symlinked_montage_and_spares_its_target(task, tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("a user's file")

@@ -181,6 +181,19 @@ def test_unsafe_members_refuse_whole_archive(tmp_path, kind):
     assert sorted(p.name for p in root.iterdir()) == [f"{TASK}.tar"]  # no staging left behind
 
 
+def test_cli_reports_an_unsafe_archive_in_one_line(tmp_path, capsys):
+    path = build_msd_archive(tmp_path / "srv.tar", TASK, n_train=1, n_test=0,
+                             extra=[(f"{TASK}/../../a.txt", b"x"), (f"{TASK}/../../b.txt", b"y")])
+    data = path.read_bytes()
+    with LoopbackServer({"/t.tar": data}) as srv:
+        rc = download_main(["04", "--data-dir", str(tmp_path / "root"), "--url", srv.url("t.tar"),
+                            "--md5", hashlib.md5(data).hexdigest(), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: refusing to extract")
+    assert "../../a.txt" in err and "../../b.txt" in err  # both members named, on the one line
+    assert not (tmp_path / "a.txt").exists() and not (tmp_path / "root" / TASK).exists()
+
+
 def test_safe_extract_skips_resource_forks(tmp_path):
     path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=1, n_test=0, resource_forks=True,
                              extra=[("__MACOSX/Task04_Hippocampus/._dataset.json", b"junk")])
@@ -212,7 +225,10 @@ def test_cli_download_uses_env_data_dir(tmp_path, archive, monkeypatch, capsys):
     assert "task ready" in capsys.readouterr().out
     assert (tmp_path / "envroot" / TASK / "dataset.json").exists()
     rc = download_main(["NoSuchTask", "--no-progress"])
-    assert rc == 1 and "Task04_Hippocampus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # A user's mistake: exit 2 (1 means a bug), one line naming the value and the valid names.
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: unknown MSD task 'NoSuchTask'")
+    assert "Task04_Hippocampus" in err
 
 
 def test_catalogue_aliases_and_data_dir_rule(tmp_path, monkeypatch):
@@ -476,7 +492,8 @@ def test_validate_task_name_and_cli_message(tmp_path, capsys):
             validate_task_name(bad)
     rc = download_main(["../../x", "--data-dir", str(tmp_path / "root"), "--url", "http://127.0.0.1:9/t.tar",
                         "--no-progress"])
-    assert rc == 1 and "'../../x'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "task name '../../x' climbs out of the data root" in err
     assert list(tmp_path.iterdir()) == []
 
 

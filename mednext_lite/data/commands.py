@@ -19,7 +19,7 @@ import numpy as np
 
 from ..safe_io import UnsafePathError, atomic_write
 from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
-from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
+from .catalogue import DATA_ENV_VAR, MSD_TASKS, get_task, resolve_data_dir, validate_task_name
 from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
@@ -176,13 +176,29 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-montage", type=int, default=4, help="cases drawn in the montage")
 
 
+def _one_line(text: object) -> str:
+    # A message listing several problems on several lines becomes one line of "; "-separated parts.
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _user_error(err: BaseException) -> int:
+    """Print a failure the user can fix as one ``error:`` line on stderr; return exit status 2."""
+    if isinstance(err, KeyError) and err.args:
+        text = err.args[0]
+    elif isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.strerror or err}: {err.filename}: check the path, its permissions and the free disk space"
+    else:
+        text = err
+    print(f"error: {_one_line(text)}", file=sys.stderr)
+    return 2
+
+
 def _run_download(args: argparse.Namespace) -> int:
     try:
         task_dir = download_task(args.task, args.data_dir, url=args.url, md5=args.md5,
                                  progress=not args.no_progress, retries=args.retries)
-    except (DownloadError, KeyError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 1
+    except (DownloadError, KeyError, ValueError, OSError) as err:
+        return _user_error(err)
     print(f"task ready: {task_dir}")
     if args.no_validate:
         return 0
@@ -227,14 +243,21 @@ def _run_brain(args: argparse.Namespace) -> int:
 
 
 def _find_task_dir(task: str, data_dir: str | None) -> Path:
-    path = Path(task)
-    if path.is_dir():
+    """The task folder ``inspect`` reads: ``task`` itself when it is a folder or a path (a path
+    that does not exist is returned as is, for the checks to report), else a plain name under the
+    data root, validated first (``validate_task_name``) so that ``../x`` never looks outside it,
+    and finally an MSD name or number ("Hippocampus", "04")."""
+    path = Path(task).expanduser()
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # a name too long to look up is refused by the name check below
+        is_dir = False
+    if task.strip() and (is_dir or path.is_absolute() or len(path.parts) > 1):
         return path
     root = resolve_data_dir(data_dir)
-    if (root / task).is_dir():
-        return root / task
-    from .catalogue import get_task
-
+    named = root / validate_task_name(task)
+    if named.is_dir():
+        return named
     try:
         return root / get_task(task).name
     except KeyError:
@@ -254,7 +277,10 @@ def _print_findings(report: TaskReport) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    task_dir = _find_task_dir(args.task, args.data_dir)
+    try:
+        task_dir = _find_task_dir(args.task, args.data_dir)
+    except ValueError as err:
+        return _user_error(err)
     report = check_task(task_dir, progress=True)
     if report.errors:
         _print_findings(report)
@@ -267,8 +293,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     try:
         out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
     except UnsafePathError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _user_error(err)
     print(f"montage     {out}")
     _print_findings(report)
     if report.warnings:
