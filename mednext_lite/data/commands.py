@@ -19,7 +19,13 @@ import numpy as np
 
 from ..safe_io import UnsafePathError, atomic_write
 from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
-from .catalogue import DATA_ENV_VAR, MSD_TASKS, get_task, resolve_data_dir, validate_task_name
+from .catalogue import (
+    DATA_ENV_VAR,
+    MSD_TASKS,
+    get_task,
+    resolve_data_dir,
+    validate_task_name,
+)
 from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
 from .download import DownloadError, download_task
 from .synthetic import FLAVOURS, make_synthetic_task
