@@ -13,14 +13,14 @@ time of training and of prediction.
     python benchmarks/bench_brain_task.py --epochs 16          # longer: every class above the rule
     python benchmarks/bench_brain_task.py --spatial-dims 3 --patch 48 --batch 2
 
-Needs nilearn (pip install nilearn); runs go to --run-dir (replaced).
+Needs nilearn (pip install nilearn). The run goes to --run-dir: an earlier run's files there (the
+trainer's own, the predictions, held_out_dice.json) are replaced; nothing else in it is touched.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", default="data", help="where the brain task is written/read")
-    p.add_argument("--run-dir", default="runs/bench_brain_task", help="run directory (replaced)")
+    p.add_argument("--run-dir", default="runs/bench_brain_task",
+                   help="run directory (an earlier run's files in it are replaced, nothing else)")
     p.add_argument("--n-train", type=int, default=20, help="labelled cases (the split holds out a fifth)")
     p.add_argument("--spacing", type=float, default=2.0, help="voxel size of the task in mm")
     p.add_argument("--spatial-dims", type=int, default=2, choices=(2, 3))
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mednext_lite.data.baseline import threshold_baseline
     from mednext_lite.data.dataset import load_split, load_task
     from mednext_lite.inference import evaluate_folder, predict_from_checkpoint
+    from mednext_lite.safe_io import atomic_write
     from mednext_lite.train import TrainConfig, train
 
     t0 = time.perf_counter()
@@ -80,12 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
     write_s = time.perf_counter() - t0
     info = load_task(task)
     run_dir = Path(args.run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # overwrite deletes only the trainer's own files: --run-dir may be a folder holding other things.
     cfg = TrainConfig.cpu_quickstart(
         task, run_dir=str(run_dir), spatial_dims=args.spatial_dims, variant=args.variant,
         model_overrides={"base_width": args.base_width, "block_counts": args.blocks}, patch_size=patch,
         batch_size=args.batch, epochs=args.epochs, iters_per_epoch=args.iters, val_every=args.epochs,
-        lr=args.lr, augment=args.augment, seed=args.seed, device="cpu", progress=False,
+        lr=args.lr, augment=args.augment, seed=args.seed, device="cpu", progress=False, overwrite=True,
     )
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = train(cfg)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     names = [info.labels[c] for c in sorted(info.labels) if c != 0]
     wall0, cpu0 = time.perf_counter(), time.process_time()
     predict_from_checkpoint(result.last_checkpoint, [c["image"] for c in held_out], run_dir / "predictions",
-                            task_dir=task, device="cpu", progress=False)
+                            task_dir=task, device="cpu", progress=False, overwrite=True)
     predict_wall, predict_cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     net = evaluate_folder(run_dir / "predictions", [c["label"] for c in held_out], info.num_classes,
                           class_names=names, out_json=run_dir / "held_out_dice.json")
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"task written/read in {write_s:.1f} s; training {train_wall:.0f} s wall, {train_cpu:.0f} s CPU; "
           f"prediction of {len(held_out)} cases {predict_wall:.1f} s wall, {predict_cpu:.1f} s CPU")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        atomic_write(args.json, json.dumps(figures, indent=2) + "\n")
     return figures
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -161,3 +162,25 @@ def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path
     assert len(load_task(task, strict=True).training) == 1
     for folder in (task, *(task / sub for sub in ("imagesTr", "labelsTr", "imagesTs"))):
         assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def test_benchmark_replaces_only_its_own_run_files(tmp_path):
+    """--run-dir may be a folder the user keeps other things in (`--run-dir runs`): the benchmark
+    replaces its earlier run's files there and nothing else."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_brain_task", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_brain_task.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = tmp_path / "runs"
+    (runs / "other_run").mkdir(parents=True)
+    (runs / "notes.txt").write_text("the user's notes")
+    (runs / "other_run" / "last.pt").write_bytes(b"another run's checkpoint")
+    argv = ["--data-dir", str(tmp_path / "data"), "--run-dir", str(runs), "--n-train", "5", "--spacing", "4",
+            "--base-width", "4", "--patch", "32", "--batch", "2", "--epochs", "1", "--iters", "1"]
+    for _ in range(2):  # the second run meets the first one's files and replaces them
+        figures = bench.main(argv)
+        assert figures["held_out_cases"] == 1 and figures["train_cases"] == 4
+        assert 0.0 <= figures["mednext_mean_dice"] <= 1.0
+        assert (runs / "last.pt").is_file() and len(list((runs / "predictions").glob("*.nii.gz"))) == 1
+        assert (runs / "notes.txt").read_text() == "the user's notes"
+        assert (runs / "other_run" / "last.pt").read_bytes() == b"another run's checkpoint"
