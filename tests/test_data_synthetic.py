@@ -139,7 +139,7 @@ def test_threshold_baseline_on_ct_and_subset(tmp_path):
 
 def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path):
     # A task folder is the user's: a case or dataset.json there may be a link to a file elsewhere.
-    kw = dict(n_train=2, n_test=1, seed=3, shape=(16, 16, 16), progress=False)
+    kw = {"n_train": 2, "n_test": 1, "seed": 3, "shape": (16, 16, 16), "progress": False}
     task = make_synthetic_task(tmp_path / "root", **kw)
     user = tmp_path / "user"
     user.mkdir()
@@ -158,7 +158,7 @@ def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path
         assert not path.is_symlink() and path.is_file(), path
         assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a new file's mode, not mkstemp's 0600
         assert (user / name).read_bytes() == f"the user's {name}".encode()
-    image, label, _ = synthesize_case([3, 0, 1], shape=(16, 16, 16))
+    _, label, _ = synthesize_case([3, 0, 1], shape=(16, 16, 16))
     assert np.array_equal(np.asanyarray(nib.load(str(linked["label"])).dataobj), label)
     assert json.loads(linked["dataset.json"].read_text())["numTraining"] == 2
     assert load_task(task, strict=True).num_classes == 3

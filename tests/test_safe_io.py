@@ -10,7 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mednext_lite.safe_io import MAX_VOXELS, UnsafePathError, atomic_write, nifti_header, refuse_symlink
+from mednext_lite.safe_io import (
+    MAX_VOXELS,
+    UnsafePathError,
+    atomic_write,
+    nifti_header,
+    refuse_symlink,
+)
 
 
 def _mode(path) -> int:
