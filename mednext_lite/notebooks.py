@@ -321,8 +321,7 @@ class Lesson:
     def record(self, **values: Any) -> None:
         """Add ``values`` to ``summary.json`` (written atomically, now)."""
         self.summary.update(values)
-        path = self.out / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.summary, indent=2, default=str))
-        os.replace(tmp, path)
+        from .safe_io import atomic_write
+
+        atomic_write(self.out / "summary.json", json.dumps(self.summary, indent=2, default=str) + "\n")
 
