@@ -244,6 +244,8 @@ def val_dice(model, run):
 
 
 start = {"k3 (trained)": {}, "k5 from UpKern": {}, "k5 fresh": {}, "k3 fresh": {}}
+n_val = {s: len(load_split(run.run_dir / "split.json")[1][: p["max_val_cases"]]) for s, run in k3_runs.items()}
+print("validation cases per seed:", n_val)
 for s, run in k3_runs.items():
     k3_net = model_from_checkpoint(run.last_checkpoint)
     start["k3 (trained)"][s] = val_dice(k3_net, run)
@@ -323,12 +325,12 @@ for ax in (ax_dice, ax_loss):
 ax_dice.annotate("k5 phase begins:\nb and c restart", (K3, 0.97), xycoords=("data", "axes fraction"), xytext=(4, -2),
                  textcoords="offset points", fontsize=8, va="top")
 ax_dice.set(ylabel="validation mean foreground Dice (0-1)", ylim=(0, 1),
-            title=f"validation Dice ({p['max_val_cases']} cases per seed)")
+            title=f"validation Dice ({'/'.join(map(str, sorted(set(n_val.values()))))} case(s) per seed)")
 ax_loss.set(ylabel="training loss (Dice + CE, deep supervision)", title="training loss (epoch mean)")
 fig.legend(*ax_dice.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=9)
 fig.suptitle(f"Does UpKern help beyond the extra epochs? {p['spatial_dims']}D, C={p['base_width']}, "
              f"k3 {K3} + k5 {K5} epochs, {len(seeds)} seed(s), size {size!r}")
-lesson.show(fig, "upkern_arms");
+lesson.show(fig, "upkern_curves");
 
 # %% [markdown]
 # ## 5. What the arms support
@@ -393,7 +395,7 @@ lesson.record(k3_dice=float(np.mean(list(start["k3 (trained)"].values()))),
               k5_scratch_dice=mean[a], k3_continued_dice=mean[b], k5_upkern_dice=mean[c],
               final_dice_per_seed={arm: {str(s): d for s, d in v.items()} for arm, v in final.items()},
               noise=noise, verdicts={k: v[0] for k, v in verdicts.items()}, cumulative_epochs=K3 + K5,
-              resized=len(report.resized), copied=len(report.copied), figures=["kernels", "upkern_arms"])
+              resized=len(report.resized), copied=len(report.copied), figures=["kernels", "upkern_curves"])
 
 # %% [markdown]
 # ## 6. What the paper claims, and what this run can show
