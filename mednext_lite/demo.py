@@ -78,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"threshold baseline on the same cases {trained['baseline_mean_dice']:.3f}")
     upkern = next((r.summary for r in runs if r.spec.name == "06_upkern"), None)
     if upkern:
-        print(f"UpKern (06): k5 from UpKern {upkern['k5_upkern_dice']:.3f} vs k5 from scratch "
-              f"{upkern['k5_scratch_dice']:.3f} on the same budget")
+        print(f"UpKern (06), after the same total epochs: k5 from UpKern {upkern['k5_upkern_dice']:.3f}, "
+              f"k3 continued {upkern['k3_continued_dice']:.3f}, k5 from scratch {upkern['k5_scratch_dice']:.3f} "
+              f"({upkern['verdicts']['upkern_vs_k3_continued']})")
     if args.figures:
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)
