@@ -1,10 +1,12 @@
 """Checkpoints that rebuild their own model, loaded safely, and conversion from the peers' layouts.
 
-* :func:`save_checkpoint` writes atomically (temp file + rename), embeds the model config and a
-  SHA-256 of every tensor it holds.
+* :func:`save_checkpoint` writes atomically (temp file + rename), embeds the model config, a
+  SHA-256 of every tensor it holds, and one of every entry's other contents (settings, paths,
+  epoch, history) in a canonical text.
 * :func:`load_checkpoint` uses ``torch.load(weights_only=True)``: a pickled object outside
   PyTorch's allowed set is refused with a message and never executed. It then recomputes the
-  checksum (``torch.load`` itself reads a flipped bit in tensor data without complaint) and
+  checksums (``torch.load`` itself reads a flipped bit in tensor data or a stored string without
+  complaint) and
   refuses weights holding NaN or inf.
 * :func:`convert_reference_state_dict` / :func:`to_reference_state_dict` translate the reference
   implementation's key layout (MIC-DKFZ ``mednextv1``); :func:`convert_monai_state_dict` translates
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -60,6 +63,61 @@ def tensor_checksum(obj: Any) -> str | None:
     return digest.hexdigest() if found else None
 
 
+def _canonical(obj: Any, out: list[str]) -> None:
+    """Append to ``out`` a text that determines ``obj`` up to its tensors (each a placeholder: their
+    bytes have their own digest). It is what ``torch.load`` gives back that is hashed, so a tuple
+    and a list read alike, floats are written exactly (``float.hex``), mappings keep their stored
+    order and sets are sorted (their order changes between processes)."""
+    if isinstance(obj, torch.Tensor):
+        out.append("<tensor>")
+    elif obj is None or isinstance(obj, bool):
+        out.append(repr(obj))
+    elif isinstance(obj, int):
+        out.append(f"i{int(obj)}")
+    elif isinstance(obj, float):
+        out.append(f"f{float(obj).hex()}")
+    elif isinstance(obj, str):
+        out.append(json.dumps(str(obj)))
+    elif isinstance(obj, (bytes, bytearray)):
+        out.append(f"b{bytes(obj).hex()}")
+    elif isinstance(obj, Mapping):
+        out.append("{")
+        for key, value in obj.items():
+            _canonical(key, out)
+            out.append(":")
+            _canonical(value, out)
+            out.append(",")
+        out.append("}")
+    elif isinstance(obj, (list, tuple)):
+        out.append("[")
+        for value in obj:
+            _canonical(value, out)
+            out.append(",")
+        out.append("]")
+    elif isinstance(obj, (set, frozenset)):
+        items = []
+        for value in obj:
+            part: list[str] = []
+            _canonical(value, part)
+            items.append("".join(part))
+        out.append("set[" + ",".join(sorted(items)) + "]")
+    else:  # dtypes, devices and other objects torch's safe loader allows: their repr is stable
+        out.append(f"<{type(obj).__name__} {obj!r}>")
+
+
+def entry_checksum(obj: Any) -> str:
+    """SHA-256 of everything in ``obj`` but its tensors' bytes: names, numbers, strings, structure
+    (:func:`tensor_checksum` covers the tensors). A flipped byte in a stored path, epoch or
+    setting changes it."""
+    out: list[str] = []
+    _canonical(obj, out)
+    return hashlib.sha256("".join(out).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _entry_checksums(payload: Mapping[str, Any]) -> dict[str, str]:
+    return {str(key): entry_checksum(value) for key, value in payload.items() if key != CHECKSUM_KEY}
+
+
 def _checksums(payload: Mapping[str, Any]) -> dict[str, str]:
     # One digest per top-level entry, so a mismatch can say whether the weights or the training
     # state (optimizer, RNG) were damaged.
@@ -82,6 +140,21 @@ def _verify_checksums(obj: Mapping[str, Any], path: Path) -> None:
                 f"checkpoint {path} is corrupt: the tensors of {key!r} do not match the SHA-256 written when it "
                 "was saved (damaged on disk or in transfer); use the previous checkpoint (last.pt / best.pt) or "
                 "copy the file again")
+    entries = stored.get("entries_sha256")
+    if entries is None:
+        return  # written before the other entries were hashed: their tensors were checked above
+    if not isinstance(entries, Mapping):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its checksum entry is unreadable ({stored!r:.80}); "
+                              "use the previous checkpoint (last.pt / best.pt)")
+    actual = _entry_checksums(obj)
+    for key in sorted(set(entries) | set(actual)):
+        if entries.get(key) != actual.get(key):
+            what = "is missing" if key not in actual else ("was not there when it was saved" if key not in entries
+                                                           else "does not match the SHA-256 written when it was saved")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its entry {key!r} {what} (damaged on disk or in transfer: a "
+                "stored path, number or setting changed); use the previous checkpoint (last.pt / best.pt) or copy "
+                "the file again")
 
 
 def _weights(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -118,14 +191,15 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
 
 def save_checkpoint(path: str | Path, model: MedNeXt, **extra: Any) -> Path:
     """Save ``model``'s weights with its config (so the file rebuilds its own model) plus ``extra``
-    entries (optimizer state, epoch, ...), atomically, with a SHA-256 of each entry's tensors
-    that :func:`load_checkpoint` verifies."""
+    entries (optimizer state, epoch, ...), atomically, with two SHA-256 per entry that
+    :func:`load_checkpoint` verifies: one of its tensors (:func:`tensor_checksum`) and one of the
+    rest (:func:`entry_checksum`: paths, numbers, settings, structure)."""
     if not isinstance(model, MedNeXt):
         raise TypeError(f"save_checkpoint needs a MedNeXt, got {type(model).__name__}")
     if CHECKSUM_KEY in extra:
         raise ValueError(f"{CHECKSUM_KEY!r} is reserved for the checkpoint's own checksum: rename that entry")
     payload = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
-    payload[CHECKSUM_KEY] = {"sha256": _checksums(payload)}
+    payload[CHECKSUM_KEY] = {"sha256": _checksums(payload), "entries_sha256": _entry_checksums(payload)}
     return atomic_torch_save(payload, path)
 
 
@@ -134,11 +208,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     """Load a checkpoint with ``weights_only=True``, verify its checksum, refuse non-finite weights.
 
     Raises :class:`CheckpointError` naming the file when it is missing, truncated or corrupt, when
-    its tensors do not match the SHA-256 stored at save time, when it holds pickled objects outside
+    an entry's tensors or other contents do not match the SHA-256 stored at save time (naming the
+    entry), when it holds pickled objects outside
     PyTorch's safe set (which are never executed), or when a weight holds NaN/inf (naming the first
     such tensor; ``allow_non_finite=True`` loads it anyway, for inspection). Files without a
     checksum (written before checksums existed, or foreign state dicts from the reference code or
-    MONAI) still load: only their readability and finiteness are checked.
+    MONAI) still load: only their readability and finiteness are checked; files whose checksum
+    covers tensors only (written before the other contents were hashed) have their tensors checked.
     """
     path = Path(path)
     if path.is_dir():
@@ -419,6 +495,7 @@ __all__ = [
     "check_finite",
     "convert_monai_state_dict",
     "convert_reference_state_dict",
+    "entry_checksum",
     "infer_config",
     "load_checkpoint",
     "load_foreign",

@@ -227,3 +227,51 @@ def test_files_without_a_checksum_still_load(tmp_path):
         rebuilt = load_foreign(tmp_path / name)
         for k, v in model.state_dict().items():
             assert torch.equal(rebuilt.state_dict()[k], v), (name, k)
+
+
+def test_a_flipped_byte_in_a_stored_setting_is_refused(tmp_path):
+    # The checksum used to cover tensors only: a damaged task path, epoch or history loaded cleanly.
+    task = "/data/Task42_SomewhereUnique"
+    path = save_checkpoint(tmp_path / "last.pt", MedNeXt(small()), epoch=3,
+                           train_config={"task_dir": task, "patch_size": (32, 32, 32), "lr": 1e-3})
+    data = bytearray(path.read_bytes())
+    assert data.count(task.encode()) == 1  # pickled as plain UTF-8 inside the (stored, uncompressed) zip
+    at = data.index(task.encode()) + len("/data/Task42_Somewhere")
+    data[at] ^= ord("U") ^ ord("V")  # "Unique" -> "Vnique": same length, still a valid pickle
+    path.write_bytes(bytes(data))
+    loaded = torch.load(path, weights_only=True)  # PyTorch reads it without a word
+    assert loaded["train_config"]["task_dir"] == "/data/Task42_SomewhereVnique"
+    with pytest.raises(CheckpointError, match=r"last\.pt is corrupt: its entry 'train_config' does not match the "
+                                              r"SHA-256 written when it was saved"):
+        load_checkpoint(path)
+
+
+def test_entry_checksums_cover_what_load_returns_and_older_files_still_load(tmp_path):
+    torch.manual_seed(0)
+    model = MedNeXt(small())
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
+    opt.step()
+    extra = {"optimizer": opt.state_dict(), "epoch": 3, "history": [{"loss": 0.5, "dice": float("nan")}],
+             "train_config": {"patch_size": (32, 32, 32), "spacing": None, "resume": False}, "names": ("a", "b")}
+    path = save_checkpoint(tmp_path / "a.pt", model, **extra)
+    ckpt = load_checkpoint(path)  # tuples, NaN, None and int-keyed optimizer state hash alike after loading
+    assert set(ckpt["checksum"]["entries_sha256"]) == {"format", "config", "state_dict", *extra}
+    # Any change to a non-tensor entry is caught, naming it: a re-saved file keeping the old checksum.
+    for key, value in (("epoch", 4), ("history", [{"loss": 0.5, "dice": 0.1}]), ("names", ["a", "c"])):
+        changed = torch.load(path, weights_only=True)
+        changed[key] = value
+        torch.save(changed, tmp_path / "b.pt")
+        with pytest.raises(CheckpointError, match=rf"b\.pt is corrupt: its entry '{key}' does not match"):
+            load_checkpoint(tmp_path / "b.pt")
+    changed = torch.load(path, weights_only=True)
+    changed["added"] = 1
+    torch.save(changed, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match=r"its entry 'added' was not there when it was saved"):
+        load_checkpoint(tmp_path / "b.pt")
+    # A file from before the entries were hashed (tensor checksums only) loads, tensors still checked.
+    old = torch.load(path, weights_only=True)
+    del old["checksum"]["entries_sha256"]
+    old["epoch"] = 5
+    torch.save(old, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["epoch"] == 5
