@@ -2,9 +2,10 @@
 
 Every subcommand is a thin door into the package: it parses flags and calls one library function.
 One error boundary, :func:`main`, turns every failure a user can cause (a bad flag value, an
-unreadable or damaged file, a missing permission, too little memory, a corrupt checkpoint or
-archive) into one line naming the file or value and the fix, with exit status 2; anything else
-is reported in one line as a bug, exit status 1. ``mednext-lite --debug ...`` shows the traceback
+unreadable or damaged file, a missing permission, too little memory, a missing optional package,
+a corrupt checkpoint or archive) into one line naming the file or value and the fix, with exit
+status 2 (a task failing validation lists every problem, one per line); anything else is
+reported in one line as a bug, exit status 1. ``mednext-lite --debug ...`` shows the traceback
 instead. Defaults follow the paper
 (MedNeXt-S k3, 3D, deep supervision, 1000 x 250 iterations, 128^3 patches); ``--quickstart``
 swaps in the CPU-sized settings of :meth:`TrainConfig.cpu_quickstart`.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -76,6 +78,17 @@ def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic
         raise ValueError(f"task {msd.name} is not under {root}: fetch it with `mednext-lite data download "
                          f"{msd.short_name} --data-dir {root}` or pass --data-dir")
     return target
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of a count that must be a whole number >= 1 (threads, windows per pass)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: give one >= 1, e.g. 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1, e.g. 1")
+    return value
 
 
 def _patch(values: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
@@ -147,7 +160,7 @@ def _add_train(sub: Any) -> None:
                    help="start afresh in a run dir holding an earlier run, deleting only that run's files")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    r.add_argument("--threads", type=int, default=None,
+    r.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads per process (default: torch's choice; 1 is safest on a busy machine)")
     p.set_defaults(handler=_train_command)
 
@@ -220,11 +233,11 @@ def _add_predict(sub: Any) -> None:
     p.add_argument("--patch", type=int, nargs="+", default=None, help="window size (default: training patch)")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap")
     p.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian", help="window blending")
-    p.add_argument("--sw-batch-size", type=int, default=4, help="windows per forward pass")
+    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
     p.add_argument("--suffix", default="", help="appended to each output file name before .nii.gz")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="autocast on CUDA")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace label maps that exist already in --output")
     p.add_argument("--nan-to-num", type=float, default=None, metavar="VALUE",
@@ -291,9 +304,10 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from .data.dataset import load_split, load_task
     from .inference import evaluate_folder
 
-    names, num_classes, labels = None, None, None
+    names, num_classes, labels, task_dirs = None, None, None, []
     if args.task:
-        info = load_task(resolve_task_dir(args.task, args.data_dir, create_synthetic=False), validate=False)
+        task_dirs = [resolve_task_dir(args.task, args.data_dir, create_synthetic=False)]
+        info = load_task(task_dirs[0], validate=False)
         names = [info.labels[i] for i in sorted(info.labels) if i != 0]
         num_classes = info.num_classes
         labels = [c["label"] for c in info.training]
@@ -313,7 +327,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
         num_classes = max(num_classes, 2)
     out = Path(args.output) if args.output else Path(args.predictions) / "evaluation.json"
     res = evaluate_folder(args.predictions, labels, num_classes, class_names=names, suffix=args.suffix,
-                          hd95=args.hd95, resample=args.resample, out_json=out)
+                          hd95=args.hd95, resample=args.resample, out_json=out, task_dirs=task_dirs)
     for name, d in res["dice"].items():
         hd = f"  HD95 {res['hd95'][name]:.2f} mm" if args.hd95 else ""
         print(f"{name:>16}: Dice {d:.4f}{hd}")
@@ -383,11 +397,45 @@ def _os_error_line(err: OSError) -> str:
     return f"{err.strerror or err}: {name}: check the path, the disk and its permissions"
 
 
+#: PyTorch and MONAI RuntimeErrors that an input causes (a shape, size, channel count or dtype the
+#: model or a transform cannot take); any other RuntimeError is a bug of ours.
+_INPUT_RUNTIME_PATTERNS = (
+    r"sizes? of tensors? must match", r"size mismatch", r"is invalid for input of size", r"shapes cannot be multiplied",
+    r"must match the size of tensor", r"expected .*to have \d+ channels", r"input type .* and \w+ type .* should be the same",
+    r"expected scalar type", r"found dtype", r"expected \w+ dtype to be", r"input size per channel",
+    r"kernel size can't be greater", r"doesn't match the broadcast shape",
+    r"expected \d+d \(unbatched\) or \d+d \(batched\) input", r"class values must be (smaller|non-negative)",
+    r"needs more memory than",
+)
+_INPUT_RUNTIME_ERRORS = re.compile("|".join(_INPUT_RUNTIME_PATTERNS), re.IGNORECASE)
+
+#: pip's name for a module whose import name differs from it, and the modules the notebooks extra installs.
+_PIP_NAMES = {"sklearn": "scikit-learn", "skimage": "scikit-image", "PIL": "pillow", "yaml": "pyyaml"}
+_NOTEBOOK_EXTRA = {"papermill", "ipykernel", "ipywidgets", "nbformat", "nilearn"}
+
+
+def _import_error_line(err: ImportError) -> str:
+    if "pip install" in str(err):
+        return _one_line(err)  # the package's own message already says what to install
+    module = (err.name or "").split(".")[0] or "a package"
+    package = _PIP_NAMES.get(module, module)
+    extra = " (or pip install 'mednext_lite[notebooks]')" if package in _NOTEBOOK_EXTRA else ""
+    if isinstance(err, ModuleNotFoundError):
+        return f"{_one_line(err)}: the optional package {package} is not installed: pip install {package}{extra}"
+    return (f"{_one_line(err)}: the installed {package} does not provide what mednext-lite needs (too old, or "
+            f"damaged): pip install -U {package}{extra}")
+
+
 def error_line(err: BaseException) -> tuple[str, int]:
-    """The one-line message and exit status for an exception that reached the command line: 2
-    with the problem and its fix for anything a user can cause (bad values, unreadable, damaged or
-    missing files, permissions, memory, corrupt checkpoints, archives and downloads), 130 for an
-    interrupt, 1 with a request to report it for anything else, which is a bug."""
+    """The message and exit status for an exception that reached the command line: 2 with the
+    problem and its fix for anything a user can cause (bad values, unreadable, damaged or missing
+    files, permissions, memory, a missing optional package, corrupt checkpoints, archives and
+    downloads, a shape or dtype PyTorch refuses), 130 for an interrupt, 1 with a request to report
+    it for anything else, which is a bug.
+
+    The message is one line, with one exception: a task that fails validation (an error carrying
+    a ``problems`` list, such as ``DatasetError``) gets its headline and then every problem on a
+    line of its own, so that all of them, each naming its file, can be fixed at once."""
     import gzip
     import tarfile
     import zlib
@@ -413,10 +461,10 @@ def error_line(err: BaseException) -> tuple[str, int]:
     problems = getattr(cause, "problems", None)
     if isinstance(cause, ValueError) and isinstance(problems, list) and problems:
         task = getattr(cause, "task_dir", "")
-        shown = "; ".join(_one_line(p, 300) for p in problems[:3])
-        more = (f"; and {len(problems) - 3} more (`mednext-lite data inspect {task}` lists them all)"
-                if len(problems) > 3 else "")
-        return f"{len(problems)} problem(s) in task {task}: {shown}{more}", 2
+        listed = "".join(f"\n  - {_one_line(p)}" for p in problems)
+        return f"{len(problems)} problem(s) in task {task}, fix each to use it:{listed}", 2
+    if isinstance(cause, ImportError) and not (cause.name or "").startswith("mednext_lite"):
+        return _import_error_line(cause), 2
     if isinstance(cause, KeyError):
         return _one_line(cause.args[0] if cause.args else repr(cause)), 2
     if isinstance(cause, (ValueError, TypeError, DownloadError)):
@@ -429,17 +477,17 @@ def error_line(err: BaseException) -> tuple[str, int]:
                 "export it again"), 2
     if isinstance(cause, OSError):
         return _os_error_line(cause), 2
-    if isinstance(cause, RuntimeError):
-        return (f"{kind}: {_one_line(cause, 600)} (check the inputs and flags; if they are right this is a bug: "
-                "rerun with --debug and report the traceback)"), 2
+    if isinstance(cause, RuntimeError) and _INPUT_RUNTIME_ERRORS.search(str(cause)):
+        return (f"{kind}: {_one_line(cause, 600)}: a shape, size or type the model cannot take; check the inputs "
+                "and flags (--patch, --spatial-dims, the images' channels and dtype)"), 2
     return (f"internal error ({kind}: {_one_line(cause, 600)}): this is a bug in mednext-lite; rerun with --debug "
             "for the traceback and report it"), 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged,
-    1 a bug). Failures end in one line on stderr (see :func:`error_line`); with ``--debug`` the
-    exception propagates with its traceback instead."""
+    1 a bug). Failures end in one line on stderr, prefixed by the (sub)command (see
+    :func:`error_line`); with ``--debug`` the exception propagates with its traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -456,7 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         line, status = error_line(err)
-        print(f"mednext-lite {args.command}: error: {line}", file=sys.stderr)
+        command = args.command
+        if command == "data" and getattr(args, "data_command", None):
+            command = f"data {args.data_command}"
+        print(f"mednext-lite {command}: error: {line}", file=sys.stderr)
         return status
 
 

@@ -60,6 +60,7 @@ __all__ = [
     "resample_nearest",
     "sliding_window_logits",
     "window_size",
+    "write_csv",
 ]
 
 
@@ -274,8 +275,11 @@ def load_model(checkpoint: str | os.PathLike | dict, device: str | torch.device 
 
 # -- where predictions may go and what may be read ----------------------------------------------
 
-#: The folders of an MSD-layout task that hold its data; predictions are never written in them.
+#: The folders an MSD-layout task keeps its data in by convention. A task's data folders are these
+#: and the folder of every image, label and test file its dataset.json lists, whatever their names;
+#: predictions are never written in any of them.
 TASK_DATA_FOLDERS = ("imagesTr", "labelsTr", "imagesTs")
+_DATA_FOLDER_NAMES = {name.casefold() for name in TASK_DATA_FOLDERS}
 
 
 def _output_path(image_path: Path, out_dir: Path, suffix: str) -> Path:
@@ -293,16 +297,94 @@ def _real(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.fspath(path)))
 
 
-def _guarded_folders(images: Sequence[Path], protected: Iterable[str | os.PathLike],
-                     task_dirs: Iterable[str | os.PathLike]) -> list[Path]:
-    folders = {_real(p.parent) for p in images} | {_real(p) for p in protected}
-    folders |= {_real(Path(t) / name) for t in task_dirs for name in TASK_DATA_FOLDERS}
-    # An input folder of a task (dataset.json beside it) guards the task's other data folders:
-    # predicting imagesTs must not be able to land in labelsTr.
-    for folder in list(folders):
-        if (folder.parent / "dataset.json").is_file():
-            folders |= {folder.parent / name for name in TASK_DATA_FOLDERS}
+def _identity(path: Path) -> tuple[int, int] | str:
+    """What makes two folders one: device and inode for a folder that exists (so a link, a bind
+    mount or another spelling of a name on a case-insensitive file system is the same folder),
+    else its resolved path."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return str(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _listed_paths(task: Path) -> list[str]:
+    """Every path the task's dataset.json lists (training images and labels, test images), as
+    written; empty when it cannot be read (the task reader reports that; this only guards)."""
+    try:
+        meta = json.loads((task / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str) and value:
+            found.append(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    for key in ("training", "test"):
+        collect(meta.get(key) if isinstance(meta, dict) else None)
+    return found
+
+
+def _task_data_folders(task: Path) -> list[Path]:
+    """The folders holding a task's data: its imagesTr/labelsTr/imagesTs and the folder of every
+    file its dataset.json lists (``./labels/x.nii.gz`` makes ``labels`` one; a path leaving the
+    task, which the reader refuses, is guarded all the same)."""
+    folders = {task / name for name in TASK_DATA_FOLDERS}
+    for rel in _listed_paths(task):
+        # The folder as listed, and where the file really lies when it is a link.
+        folders |= {_real((task / rel).parent), _real(task / rel).parent}
     return sorted(folders)
+
+
+def _known_tasks(folders: Iterable[Path], task_dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """The tasks in ``task_dirs`` and every folder holding a dataset.json at or above one of
+    ``folders`` (resolved paths)."""
+    tasks = {_real(t) for t in task_dirs}
+    for folder in set(folders):
+        tasks.update(f for f in (folder, *folder.parents) if (f / "dataset.json").is_file())
+    return sorted(tasks)
+
+
+def _guarded_folders(inputs: Iterable[Path], tasks: Iterable[Path]) -> dict[Path, str]:
+    """Each folder outputs must keep out of, with the words naming it in a message: the input
+    folders, then the data folders of ``tasks`` (which name a folder that is both)."""
+    guarded = {folder: f"the input folder {folder}" for folder in sorted(set(inputs))}
+    for task in tasks:
+        for folder in _task_data_folders(task):
+            guarded[folder] = f"{folder}, a data folder of the task {task}"
+    return guarded
+
+
+def _overlap(target: Path, guarded: dict[Path, str],
+             relations: Sequence[str] = ("is", "is inside", "contains")) -> tuple[str, Path, str] | None:
+    """The first way the resolved folder ``target`` (existing or not) overlaps a guarded folder,
+    as ``(relation, folder, words)``, folders compared by identity (:func:`_identity`)."""
+    chain = [_identity(p) for p in (target, *target.parents)]
+    ids = {folder: _identity(folder) for folder in guarded}
+    for how in relations:
+        for folder, words in guarded.items():
+            if how == "contains":
+                hit = chain[0] in {_identity(p) for p in folder.parents}
+            else:
+                hit = ids[folder] == chain[0] if how == "is" else ids[folder] in chain[1:]
+            if hit:
+                return how, folder, words
+    return None
+
+
+def _elsewhere(folder: Path, guarded: dict[Path, str]) -> Path:
+    """A folder for outputs beside ``folder`` that overlaps nothing guarded (for messages)."""
+    for candidate in (folder.parent / "predictions", folder.parent / f"{folder.name}_predictions"):
+        if _overlap(candidate, guarded) is None:
+            return candidate
+    return folder.parent / f"{folder.name}_predictions"
 
 
 def _listing(items: Sequence[Any], limit: int = 5) -> str:
@@ -324,8 +406,12 @@ def plan_outputs(
 
     Refused with a ``ValueError`` naming the paths and the fix: an ``out_dir`` that is, contains
     or lies inside a folder holding an input image, a folder in ``protected``, or a data folder
-    (imagesTr, labelsTr, imagesTs) of a task in ``task_dirs`` or of any task recognised by the
-    ``dataset.json`` one level above; two inputs that would share an output name (``a.nii`` and
+    of a known task: one in ``task_dirs`` or any whose ``dataset.json`` lies in or above an input
+    folder or ``out_dir``. A task's data folders are its imagesTr, labelsTr and imagesTs and the
+    folder of every file its dataset.json lists, whatever they are called; folders are compared by
+    identity (device and inode), so links, bind mounts and case-insensitive names cannot slip
+    past, and a folder named like a data folder of the task above it is refused by name too. Also
+    refused: two inputs that would share an output name (``a.nii`` and
     ``a.nii.gz``, or names equal but for case, which are one file on macOS and Windows); output
     files that exist already, unless ``overwrite``; and anything but a regular file or a link at an
     output path (a link is replaced, never followed). The same file named twice is predicted once.
@@ -341,23 +427,20 @@ def plan_outputs(
         raise ValueError(f"output folder {out_dir} exists and is not a folder: choose another --output")
     out_real = _real(out_dir)
     for folder in (out_real, *out_real.parents):
-        if folder.name in TASK_DATA_FOLDERS and (folder.parent / "dataset.json").is_file():
+        # By name as well as by identity: on a file system that ignores case, labelstr is labelsTr.
+        if folder.name.casefold() in _DATA_FOLDER_NAMES and (folder.parent / "dataset.json").is_file():
             how = "is" if folder == out_real else "is inside"
             raise ValueError(f"output folder {out_dir} {how} {folder}, a data folder of the task {folder.parent}: "
                              "predictions there would replace its images or reference labels; write them to a "
                              f"folder of their own, e.g. {folder.parent / 'predictions'}")
-    for folder in _guarded_folders(unique, protected, task_dirs):
-        if out_real == folder:
-            how = "is"
-        elif folder in out_real.parents:
-            how = "is inside"
-        elif out_real in folder.parents:
-            how = "contains"
-        else:
-            continue
-        raise ValueError(f"output folder {out_dir} {how} the input folder {folder}: predictions could replace the "
-                         f"images or labels there; choose a folder outside every input folder, e.g. "
-                         f"{folder.parent / (folder.name + '_predictions')}")
+    inputs = [_real(p.parent) for p in unique] + [_real(p) for p in protected]
+    guarded = _guarded_folders(inputs, _known_tasks([*inputs, out_real], task_dirs))
+    hit = _overlap(out_real, guarded)
+    if hit is not None:
+        how, folder, words = hit
+        raise ValueError(f"output folder {out_dir} {how} {words}: predictions could replace the images or labels "
+                         f"there; choose a folder outside every input and task data folder, e.g. "
+                         f"{_elsewhere(folder, guarded)}")
     groups: dict[str, list[Path]] = {}
     for path in unique:
         groups.setdefault(_output_path(path, out_dir, suffix).name.casefold(), []).append(path)
@@ -581,20 +664,56 @@ def predict_from_checkpoint(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, ckpt = load_model(checkpoint, device=device)
-    tc = ckpt.get("train_config") or {}
-    task_dir = task_dir or tc.get("task_dir")
-    if not task_dir:
+    source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+    stored = _stored_training(ckpt, source)
+    known_tasks = [t for t in (task_dir, stored.get("task_dir")) if t]
+    if not known_tasks:
         raise ValueError("the checkpoint stores no task: pass task_dir= (--task on the command line), the task whose "
                          "preprocessing to repeat")
+    # Checked again now that the checkpoint names its task: its data folders are guarded too.
+    plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected, task_dirs=known_tasks)
+    task_dir = known_tasks[0]
     info = load_task(task_dir, validate=False)
     dims = model.config.spatial_dims
     if patch_size is None:
-        patch_size = tuple(tc.get("patch_size") or (128,) * dims)
-    spacing = tc.get("spacing")
+        patch_size = stored.get("patch_size") or (128,) * dims
+    spacing = stored.get("spacing")
     tf = get_transforms(info, mode="infer", patch_size=window_size(patch_size, dims, 3),
                         spacing=tuple(spacing) if spacing else None)
     return predict_files(model, images, out_dir, tf, patch_size, device=device, overwrite=overwrite,
-                         protected=protected, task_dirs=[task_dir], **kwargs)
+                         protected=protected, task_dirs=known_tasks, **kwargs)
+
+
+def _stored_training(ckpt: dict, source: str) -> dict[str, Any]:
+    """The task, patch size and spacing a checkpoint's ``train_config`` records, checked: a value
+    of the wrong kind (hand-edited or foreign file) is a ``ValueError`` (``TypeError`` for a
+    ``train_config`` that is no dict) naming ``source``, the entry and the fix, not a bare
+    ``int()`` failure later."""
+    tc = ckpt.get("train_config")
+    if tc is None:
+        return {}
+    if not isinstance(tc, dict):
+        raise TypeError(f"{source}: train_config is a {type(tc).__name__}, not a dict of settings: pass --task and "
+                         "--patch (task_dir=, patch_size=) or re-save the checkpoint with mednext_lite")
+    out: dict[str, Any] = {}
+    task = tc.get("task_dir")
+    if task not in (None, ""):
+        if not isinstance(task, str):
+            raise ValueError(f"{source}: train_config.task_dir = {task!r:.80} is not a path: pass --task (task_dir=)")
+        out["task_dir"] = task
+    for key, kind, flag in (("patch_size", int, "--patch (patch_size=)"), ("spacing", float, "--spacing")):
+        value = tc.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        ok = bool(items) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                                 and (kind is float or float(v).is_integer()) for v in items)
+        if not ok:
+            raise ValueError(f"{source}: train_config.{key} = {value!r:.80} is not a list of positive "
+                             f"{'whole numbers' if kind is int else 'numbers'}: the file was edited or written by "
+                             f"another program; pass {flag} or re-save the checkpoint")
+        out[key] = tuple(kind(v) for v in items)
+    return out
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -670,6 +789,7 @@ def evaluate_folder(
     resample: bool = False,
     tolerance: float = 1e-3,
     out_json: str | os.PathLike | None = None,
+    task_dirs: Iterable[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Compare predictions in ``pred_dir`` with reference label files (matched by file name).
 
@@ -678,16 +798,39 @@ def evaluate_folder(
     a prediction on another voxel grid than its label (shape, spacing, direction or origin
     differing by more than ``tolerance`` mm, see :func:`grid_differences`), unless ``resample``,
     which maps the prediction onto the label's grid by nearest neighbour in world coordinates.
+
+    Labels scored against themselves say Dice 1.0 whatever the model, so before anything is read
+    it refuses a ``pred_dir`` that is (or lies inside) a data folder of a known task (one in
+    ``task_dirs``, or any whose dataset.json lies above ``pred_dir`` or a label), an ``out_json``
+    that would land in such a folder, and a prediction that is its label's very file (a link, a
+    hard link, or the label folder itself).
     """
     pred_dir = Path(pred_dir)
+    label_paths = [Path(p) for p in labels]
+    pred_real = _real(pred_dir)
+    data = _guarded_folders((), _known_tasks([pred_real, *(_real(p.parent) for p in label_paths)], task_dirs))
+    hit = _overlap(pred_real, data, ("is", "is inside"))
+    if hit is not None:
+        raise ValueError(f"predictions folder {pred_dir} {hit[0]} {hit[2]}: the files there are the task's own, and "
+                         "labels scored against themselves give Dice 1.0 whatever the model; pass the folder "
+                         "`mednext-lite predict --output` wrote")
+    if out_json is not None:
+        hit = _overlap(_real(Path(out_json).parent), data, ("is", "is inside"))
+        if hit is not None:
+            raise ValueError(f"report {out_json} would be written into {hit[2]}: a task's data folders hold its data "
+                             f"only; pass --output (out_json=) outside them, e.g. {_elsewhere(hit[1], data) / 'evaluation.json'}")
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(1, num_classes)]
     rows: list[dict[str, Any]] = []
     sums = _ScoreSums(num_classes, hd95)
-    for label_path in [Path(p) for p in labels]:
+    for label_path in label_paths:
         pred_path = _output_path(label_path, pred_dir, suffix)
         if not pred_path.is_file():
             raise ValueError(f"no prediction {pred_path} for label {label_path}: run `mednext-lite predict` "
                              f"into {pred_dir} first (or check --suffix)")
+        if os.path.samefile(pred_path, label_path):
+            raise ValueError(f"prediction {pred_path} is the label file {label_path} itself (the same file on disk): a "
+                             "label scored against itself gives Dice 1.0 whatever the model; pass the folder "
+                             "`mednext-lite predict --output` wrote")
         ref, pred_img = nifti_header(label_path), nifti_header(pred_path)
         diffs = grid_differences(pred_img, ref, tolerance)
         if diffs and not resample:
@@ -713,9 +856,20 @@ def evaluate_folder(
         out_json = Path(out_json)
         atomic_write(out_json, json.dumps(result, indent=2) + "\n")
         if rows:
-            table = io.StringIO(newline="")
-            writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-            atomic_write(out_json.with_suffix(".csv"), table.getvalue())
+            write_csv(out_json.with_suffix(".csv"), rows)
     return result
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as a CSV table with a header, atomically (:func:`mednext_lite.safe_io.atomic_write`).
+
+    ``fieldnames`` default to every key of every row in order of first appearance; a row lacking
+    one leaves its cell empty (validation columns exist only in the epochs that validate).
+    """
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, table.getvalue())

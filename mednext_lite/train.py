@@ -25,9 +25,7 @@ validation cases are split across ranks and their Dice sums added, and rank 0 al
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import math
 import os
@@ -46,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .inference import _summarise, evaluate_model, window_size
+from .inference import _summarise, evaluate_model, window_size, write_csv
 from .interop import (
     CheckpointError,
     load_checkpoint,
@@ -98,6 +96,7 @@ RESUME_MUST_MATCH = (
 #: Settings a resume may change: how long it trains (``epochs``, to extend the run; never below the
 #: epochs done), where and how fast it runs (device, workers, cache, memory layout and allocator,
 #: gradient checkpointing: the same maths up to float rounding), and what it reports.
+#: ``upkern_from`` only initialises a new run: on resume it is ignored and the stored value kept.
 RESUME_MAY_DIFFER = (
     "run_dir", "epochs", "device", "num_workers", "cache", "channels_last", "keep_freed_memory",
     "grad_checkpointing", "val_every", "sw_batch_size", "hd95", "progress", "resume", "overwrite", "upkern_from",
@@ -145,7 +144,8 @@ class TrainConfig:
         resume: continue from ``run_dir/last.pt`` with the same :data:`RESUME_MUST_MATCH` settings.
         overwrite: start afresh in a ``run_dir`` holding an earlier run, deleting its :data:`RUN_FILES`
             (and nothing else) first.
-        upkern_from: initialise from a small-kernel checkpoint with UpKern (ignored on resume).
+        upkern_from: initialise from a small-kernel checkpoint with UpKern (ignored on resume, which
+            keeps and records the run's own value).
     """
 
     task_dir: str = ""
@@ -449,6 +449,7 @@ class Trainer:
         self.distributed = self.world_size > 1
         self.is_main = self.rank == 0
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else cfg.default_run_dir()
+        self.stored_settings: dict[str, Any] = {}  # the resumed run's train_config, read by _load_resume
 
     # -- setup ---------------------------------------------------------------------------------
     def _init_distributed(self) -> None:
@@ -584,6 +585,7 @@ class Trainer:
         stored = ckpt.get("train_config")
         if not isinstance(stored, dict) and (self.run_dir / "config.json").is_file():
             stored = json.loads((self.run_dir / "config.json").read_text())  # an older last.pt
+        self.stored_settings = stored if isinstance(stored, dict) else {}
         conflicts = resume_conflicts(stored, cfg) if isinstance(stored, dict) else []
         if conflicts:
             raise ValueError(
@@ -595,6 +597,16 @@ class Trainer:
             raise ValueError(f"epochs={cfg.epochs} (--epochs) is fewer than the {done} epochs {self.last_path} holds "
                              f"already: pass --epochs {done} or more to continue it")
         return ckpt
+
+    def _resumed_settings(self) -> TrainConfig:
+        """The settings a resumed run really uses: those asked for (the resume checks passed),
+        except ``upkern_from``, which only initialises a new run: the run's own stored value is
+        kept, so config.json and the checkpoints never record an initialisation that never happened."""
+        stored = self.stored_settings.get("upkern_from")
+        if self.cfg.upkern_from is not None and self.cfg.upkern_from != stored:
+            self._log(f"--upkern-from {self.cfg.upkern_from} is ignored on resume: the run keeps its own "
+                      f"initialisation ({stored or 'no UpKern'}), as recorded in {self.run_dir / 'config.json'}")
+        return self.cfg.replace(upkern_from=stored)
 
     def _resume(self, ckpt: dict[str, Any] | None = None) -> None:
         """Load model, optimizer, scheduler, scaler, RNG and history from ``ckpt`` (by default the
@@ -621,14 +633,7 @@ class Trainer:
     def _write_metrics(self) -> None:
         # Rewritten in full from the history each epoch (atomically), so the files always agree
         # with last.pt, including after a crash and resume.
-        keys: list[str] = []
-        for row in self.history:
-            keys += [k for k in row if k not in keys]
-        table = io.StringIO(newline="")
-        writer = csv.DictWriter(table, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(self.history)
-        atomic_write(self.run_dir / "metrics.csv", table.getvalue())
+        write_csv(self.run_dir / "metrics.csv", self.history)
         atomic_write(self.run_dir / "metrics.json", json.dumps(self.history, indent=1) + "\n")
         try:
             self._plot()
@@ -786,6 +791,8 @@ class Trainer:
         self._init_distributed()
         try:
             ckpt = self._claim_run_dir()
+            if ckpt is not None:
+                cfg = self.cfg = self._resumed_settings()
             self._setup_data()
             _seed_all(cfg.seed)  # the initial weights derive from the seed too
             self._setup_model()

@@ -295,13 +295,22 @@ def test_error_line_classes(tmp_path):
         "zlib": (raised(lambda: zlib.decompress(b"garbage")), "truncated or damaged"),
         "monai": (raised(lambda: Compose([LoadImaged(keys="image")])({"image": str(tmp_path / "t.nii.gz")})), "t.nii.gz"),
         "torch": (raised(lambda: torch.zeros(2, 3) @ torch.zeros(2, 3)), "check the inputs and flags"),
+        "channels": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 2, 8, 8, 8))), "to have 1 channels"),
+        "dtype": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 1, 8, 8, 8).half())), "type the model cannot"),
+        "classes": (raised(lambda: torch.nn.functional.one_hot(torch.tensor([5]), 3)), "Class values must be smaller"),
+        "module": (raised(lambda: __import__("no_such_module_here")), "pip install no_such_module_here"),
         "download": (DownloadError("archive x.tar: MD5 mismatch: delete it and download again"), "MD5 mismatch"),
     }
     for name, (err, words) in cases.items():
         line, status = error_line(err)
         assert status == 2 and words in line and "\n" not in line, (name, line)
-    line, status = error_line(raised(lambda: [].pop()))
-    assert status == 1 and "bug" in line and "--debug" in line
+    # Anything else is a bug, whatever its class: a RuntimeError torch raises for a mistake in our
+    # code, an import of our own module that fails.
+    bugs = [raised(lambda: [].pop()), raised(lambda: torch.zeros(2).backward()),
+            ImportError("cannot import name 'x' from 'mednext_lite.y'", name="mednext_lite.y")]
+    for err in bugs:
+        line, status = error_line(err)
+        assert status == 1 and "this is a bug" in line and "--debug" in line and "\n" not in line, line
 
 
 def test_cli_boundary_in_a_real_process(tiny, tmp_path):
@@ -316,3 +325,123 @@ def test_cli_boundary_in_a_real_process(tiny, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "truncated.nii.gz" in proc.stderr
     proc = subprocess.run([*args, "--debug", *rest], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "truncated.nii.gz" in proc.stderr
+
+
+def test_predict_never_overwrites_labels_kept_in_a_folder_of_another_name(tmp_path, capsys):
+    # dataset.json lists ./labels/...: `predict --input T/imagesTr --output T/labels --task T
+    # --overwrite` used to replace every label.
+    from mednext_lite.data.synthetic import make_synthetic_task
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    task = make_synthetic_task(tmp_path / "data", n_train=2, n_test=0, shape=(32, 32, 16), progress=False)
+    (task / "labelsTr").rename(task / "labels")
+    meta = json.loads((task / "dataset.json").read_text())
+    for case in meta["training"]:
+        case["label"] = case["label"].replace("./labelsTr/", "./labels/")
+    (task / "dataset.json").write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in sorted((task / "labels").iterdir())}
+    model = MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3))
+    with_task = save_checkpoint(tmp_path / "with_task.pt", model,
+                                train_config={"task_dir": str(task), "patch_size": [32, 32, 32]})
+    runs = [["--checkpoint", str(with_task), "--task", str(task)],
+            ["--checkpoint", str(with_task)]]  # the task comes from the checkpoint
+    for args in runs:
+        assert main(["predict", *args, "--input", str(task / "imagesTr"), "--output", str(task / "labels"),
+                     "--overwrite", "--patch", "32"]) == 2
+        line = one_line(capsys)
+        assert f"is {task / 'labels'}, a data folder of the task {task}" in line, line
+    assert {p: p.read_bytes() for p in sorted((task / "labels").iterdir())} == before
+
+
+def test_evaluate_refuses_the_labels_as_their_own_predictions(tiny, capsys):
+    # `evaluate --predictions T/labelsTr --task T` used to print Dice 1.0 and write its report there.
+    task, _ = tiny
+    before = sorted(p.name for p in (task / "labelsTr").iterdir())
+    assert main(["evaluate", "--predictions", str(task / "labelsTr"), "--task", str(task)]) == 2
+    line = one_line(capsys)
+    assert f"predictions folder {task / 'labelsTr'} is {task / 'labelsTr'}, a data folder" in line
+    assert "Dice 1.0 whatever the model" in line
+    assert sorted(p.name for p in (task / "labelsTr").iterdir()) == before  # no evaluation.json/csv
+
+
+def test_a_task_that_cannot_be_used_lists_every_problem(tmp_path, capsys):
+    task = tmp_path / "Task77_Broken"
+    task.mkdir()
+    cases = [{"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"} for i in range(5)]
+    (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "fg"}, "modality": {"0": "MRI"},
+                                                   "training": cases, "test": []}))
+    assert main(["train", "--task", str(task), "--run-dir", str(tmp_path / "run"), "--quickstart",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[0].startswith("mednext-lite train: error: ")
+    assert f"problem(s) in task {task}" in lines[0]
+    n = int(lines[0].split("error: ")[1].split()[0])
+    assert n >= 10 and len(lines) == 1 + n  # the headline, then one line per problem
+    for case in cases:  # every missing file is named, none left behind an "and N more"
+        for key in ("image", "label"):
+            path = str(task / case[key][2:])
+            assert sum(path in line for line in lines[1:]) == 1, path
+    assert "more" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_threads_must_be_a_positive_whole_number(tmp_path, capsys, command, value):
+    args = {"train": ["train", "--task", str(tmp_path / "t")],
+            "predict": ["predict", "--checkpoint", "c.pt", "--input", "x", "--output", str(tmp_path / "p")]}[command]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--threads", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # argparse's usage, then one line
+    assert last.startswith(f"mednext-lite {command}: error: argument --threads: {value!r}"[: -len(repr(value))])
+    assert ("must be at least 1" if value != "two" else "'two' is not a whole number") in last
+    assert "Traceback" not in err and "this is a bug" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_with_a_patch_that_is_no_number_is_named(tiny, tmp_path, capsys):
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt, MedNeXtConfig
+
+    task, _ = tiny
+    bad = save_checkpoint(tmp_path / "bad.pt", MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3)),
+                          train_config={"task_dir": str(task), "patch_size": ["32x", 32, 32]})
+    assert main(["predict", "--checkpoint", str(bad), "--input", str(task / "imagesTs"), "--output",
+                 str(tmp_path / "pred")]) == 2
+    line = one_line(capsys)
+    assert f"checkpoint {bad}: train_config.patch_size = ['32x', 32, 32]" in line and "--patch" in line
+    assert "invalid literal" not in line and not (tmp_path / "pred").exists()
+
+
+NO_NILEARN = """
+import sys
+sys.modules["nilearn"] = None  # as if nilearn were not installed: importing it raises ImportError
+from mednext_lite.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_missing_optional_package_is_an_install_hint_not_a_bug(tmp_path):
+    import subprocess
+    import sys
+
+    argv = ["train", "--task", "brain", "--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run"),
+            "--quickstart", "--no-progress"]
+    proc = subprocess.run([sys.executable, "-c", NO_NILEARN, *argv], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("mednext-lite train: error: ") and "nilearn" in lines[0]
+    assert "pip install nilearn" in lines[0] and "mednext_lite[notebooks]" in lines[0]
+    assert "this is a bug" not in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_data_subcommand_error_names_the_subcommand(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    assert main(["data", "synthesize", "--data-dir", str(tmp_path / "a_file"), "--no-progress"]) == 2
+    line = one_line(capsys)
+    assert line.startswith("mednext-lite data synthesize: error: ") and str(tmp_path / "a_file") in line

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -230,13 +232,13 @@ def test_plan_outputs_refuses_every_output_that_could_touch_an_input(tmp_path):
     for out in (task / "imagesTs", task / "labelsTr"):  # the input's folder, and the labels beside it
         with pytest.raises(ValueError, match=f"is {out}, a data folder of the task {task}"):
             plan_outputs([image], out)
-    with pytest.raises(ValueError, match="contains the input folder"):
+    with pytest.raises(ValueError, match="contains .*imagesTs, a data folder of the task"):
         plan_outputs([image], task)
     # A task's data folder is recognised by its dataset.json even when no input comes from it,
     # and the folders of an explicit task are guarded wherever the inputs are.
     with pytest.raises(ValueError, match="is inside .*labelsTr, a data folder of the task"):
         plan_outputs([elsewhere], task / "labelsTr" / "deeper")
-    with pytest.raises(ValueError, match="is the input folder .*unlisted.labelsTr"):
+    with pytest.raises(ValueError, match="is .*unlisted.labelsTr, a data folder of the task .*unlisted"):
         plan_outputs([elsewhere], tmp_path / "unlisted" / "labelsTr", task_dirs=[tmp_path / "unlisted"])
     (tmp_path / "link").symlink_to(tmp_path / "scans")
     with pytest.raises(ValueError, match="is the input folder"):
@@ -246,6 +248,95 @@ def test_plan_outputs_refuses_every_output_that_could_touch_an_input(tmp_path):
     # Fine: a folder of its own; the same file named twice is predicted once.
     plan = plan_outputs([elsewhere, tmp_path / "scans" / ".." / "scans" / "a.nii.gz"], tmp_path / "pred", suffix="_s")
     assert plan == [(elsewhere, tmp_path / "pred" / "a_s.nii.gz")]
+
+
+def _renamed_task(root: Path) -> Path:
+    """A task whose dataset.json keeps its data in folders of its own naming: images in scans/,
+    labels in labels/, test images in holdout/; a label that is a link into a store elsewhere."""
+    rng = np.random.default_rng(0)
+    for i in (1, 2):
+        _nifti(root / "scans" / f"c{i}.nii.gz", rng.normal(size=(8, 8, 8)).astype(np.float32))
+        _nifti(root / "labels" / f"c{i}.nii.gz", (rng.random((8, 8, 8)) > 0.5).astype(np.uint8))
+    _nifti(root / "holdout" / "t1.nii.gz", rng.normal(size=(8, 8, 8)).astype(np.float32))
+    _nifti(root.parent / "store" / "c3.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    (root / "labels" / "c3.nii.gz").symlink_to(root.parent / "store" / "c3.nii.gz")
+    _nifti(root / "scans" / "c3.nii.gz", np.zeros((8, 8, 8), np.float32))
+    meta = {"labels": {"0": "background", "1": "fg"}, "modality": {"0": "MRI"},
+            "training": [{"image": f"./scans/c{i}.nii.gz", "label": f"./labels/c{i}.nii.gz"} for i in (1, 2, 3)],
+            "test": ["./holdout/t1.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_plan_outputs_guards_every_folder_a_task_lists_whatever_its_name(tmp_path):
+    # Only folders literally named imagesTr/labelsTr/imagesTs used to be guarded: predicting the
+    # images of a task that keeps its labels in labels/ into labels/ replaced every label.
+    from mednext_lite.inference import plan_outputs
+
+    task = _renamed_task(tmp_path / "T")
+    before = _tree_bytes(task)
+    images = sorted((task / "scans").glob("*.nii.gz"))
+    outside = _nifti(tmp_path / "in" / "x.nii.gz", np.zeros((8, 8, 8), np.float32))
+    for out in (task / "labels", task / "holdout", task / "labels" / "deeper", tmp_path / "store"):
+        how = "is inside" if out.name == "deeper" else "is"
+        folder = out.parent if out.name == "deeper" else out
+        # found as the task of the inputs, as the task above the output, and as the given task
+        for inputs, tasks in ((images, []), ([outside], []), ([outside], [task])):
+            if out.parent == tmp_path and not tasks:
+                continue  # the store lies outside the task: only a known task guards it
+            with pytest.raises(ValueError, match=f"{how} {folder}, a data folder of the task {task}"):
+                plan_outputs(inputs, out, overwrite=True, task_dirs=tasks)
+    # A link to a data folder is that folder; the name rule ignores case (one folder on macOS).
+    (tmp_path / "alias").symlink_to(task / "labels")
+    with pytest.raises(ValueError, match=f"is {task / 'labels'}, a data folder"):
+        plan_outputs([outside], tmp_path / "alias", task_dirs=[task])
+    with pytest.raises(ValueError, match="LABELSTR, a data folder of the task"):
+        plan_outputs([outside], task / "LABELSTR")
+    assert _tree_bytes(task) == before
+    # The message's suggestion is a folder the plan accepts.
+    with pytest.raises(ValueError, match="e.g. ") as err:
+        plan_outputs(images, task / "labels")
+    suggested = Path(str(err.value).rsplit("e.g. ", 1)[1])
+    assert suggested == task / "predictions" and plan_outputs(images, suggested)
+
+
+def test_the_checkpoints_task_is_guarded_too(tmp_path):
+    from mednext_lite.inference import predict_from_checkpoint
+    from mednext_lite.interop import save_checkpoint
+
+    # The checkpoint's task keeps labels outside its folder (a layout the reader refuses, but the
+    # guard protects what it lists all the same); nothing else says these files are a task's.
+    task = _mini_task(tmp_path / "T")
+    meta = json.loads((task / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/case_001.nii.gz", "label": "../shared_labels/case_002.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps(meta))
+    _nifti(tmp_path / "shared_labels" / "case_002.nii.gz", np.zeros((16, 16, 16), np.uint8))
+    ckpt = save_checkpoint(tmp_path / "m.pt", MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=2)),
+                           train_config={"task_dir": str(task), "patch_size": [16, 16, 16]})
+    image = _nifti(tmp_path / "in" / "case_002.nii.gz", np.zeros((16, 16, 16), np.float32))
+    before = (tmp_path / "shared_labels" / "case_002.nii.gz").read_bytes()
+    with pytest.raises(ValueError, match=f"is {tmp_path / 'shared_labels'}, a data folder of the task {task}"):
+        predict_from_checkpoint(ckpt, [image], tmp_path / "shared_labels", overwrite=True, device="cpu", progress=False)
+    assert (tmp_path / "shared_labels" / "case_002.nii.gz").read_bytes() == before
+
+
+def test_a_checkpoint_setting_of_the_wrong_kind_is_named_with_the_file(tmp_path):
+    from mednext_lite.inference import predict_from_checkpoint
+    from mednext_lite.interop import save_checkpoint
+
+    task = _mini_task(tmp_path / "T")
+    model = MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=2))
+    image = _nifti(tmp_path / "in" / "a.nii.gz", np.zeros((16, 16, 16), np.float32))
+    bad = {"patch_size": (["16", "x", 16], (r"train_config\.patch_size = \['16', 'x', 16\] is not a list of "
+                                            r"positive whole numbers.*--patch")),
+           "spacing": ([1.0, float("nan"), 1.0], r"train_config\.spacing = \[1\.0, nan, 1\.0\].*--spacing"),
+           "task_dir": (42, r"train_config\.task_dir = 42 is not a path: pass --task")}
+    for key, (value, words) in bad.items():
+        settings = {"task_dir": str(task), "patch_size": [16, 16, 16], key: value}
+        ckpt = save_checkpoint(tmp_path / f"{key}.pt", model, train_config=settings)
+        with pytest.raises(ValueError, match=rf"checkpoint {ckpt}: {words}"):
+            predict_from_checkpoint(ckpt, [image], tmp_path / "pred", device="cpu", progress=False)
+    assert not (tmp_path / "pred").exists()
 
 
 def test_plan_outputs_refuses_collisions_and_existing_files(tmp_path):
@@ -388,3 +479,44 @@ def test_evaluate_refuses_label_values_outside_the_classes(tmp_path):
     _nifti(tmp_path / "nan" / "c.nii.gz", nan, affine)
     with pytest.raises(ValueError, match=r"1 label value\(s\) are not finite"):
         evaluate_folder(tmp_path / "nan", [label], 3)
+
+
+def test_evaluate_refuses_to_score_labels_against_themselves(tmp_path):
+    # `evaluate --predictions T/labelsTr` used to report Dice 1.0 and write its report into labelsTr.
+    task = _renamed_task(tmp_path / "T")
+    labels = sorted((task / "labels").glob("c[12].nii.gz"))
+    before = _tree_bytes(task)
+    for pred_dir in (task / "labels", tmp_path / "alias"):
+        if pred_dir.name == "alias":
+            pred_dir.symlink_to(task / "labels")
+        with pytest.raises(ValueError, match=f"predictions folder {pred_dir} is {task / 'labels'}, a data folder of "
+                                             f"the task {task}.*Dice 1.0"):
+            evaluate_folder(pred_dir, labels, 2, out_json=pred_dir / "evaluation.json")
+    # A hard link to each label, in a folder of its own: the same file on disk.
+    (tmp_path / "pred").mkdir()
+    for label in labels:
+        os.link(label, tmp_path / "pred" / label.name)
+    with pytest.raises(ValueError, match=f"prediction {tmp_path / 'pred' / 'c1.nii.gz'} is the label file {labels[0]} "
+                                         "itself"):
+        evaluate_folder(tmp_path / "pred", labels, 2)
+    # Real predictions, but the report asked for inside the task's label folder.
+    for label in labels:
+        (tmp_path / "pred" / label.name).unlink()
+        (tmp_path / "pred" / label.name).write_bytes(label.read_bytes())
+    with pytest.raises(ValueError, match=f"report {task / 'labels' / 'ev.json'} would be written into "
+                                         f"{task / 'labels'}, a data folder"):
+        evaluate_folder(tmp_path / "pred", labels, 2, out_json=task / "labels" / "ev.json")
+    assert _tree_bytes(task) == before  # nothing written into the task
+    assert evaluate_folder(tmp_path / "pred", labels, 2, out_json=tmp_path / "ev.json")["mean_dice"] == 1.0
+
+
+def test_write_csv_fills_missing_cells(tmp_path):
+    import csv
+
+    from mednext_lite.inference import write_csv
+
+    path = write_csv(tmp_path / "t.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "dice": 0.75}])
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"epoch": "1", "loss": "0.5", "dice": ""}, {"epoch": "2", "loss": "0.25", "dice": "0.75"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

@@ -386,6 +386,8 @@ def test_resume_refuses_settings_that_change_the_run_and_keeps_config_json(task,
     other = make_synthetic_task(tmp_path / "other", n_train=3, n_test=0, shape=(32, 32, 32), seed=5, progress=False)
     refused = {
         ("--lr", "0.01"): "lr (--lr): 0.001 -> 0.01",
+        ("--fold", "1"): "fold (--fold): 0 -> 1",
+        ("--seed", "7"): "seed (--seed): 0 -> 7",
         ("--patch", "48"): "patch_size (--patch): [32, 32, 32] -> [48, 48, 48]",
         ("--base-width", "8"): "model_overrides (--base-width/--blocks): {'base_width': 4, 'block_counts': 1} -> "
                                "{'base_width': 8, 'block_counts': 1}",
@@ -417,3 +419,60 @@ def test_resume_lists_cover_every_setting_once():
     names = [f.name for f in fields(TrainConfig)]
     assert sorted(RESUME_MUST_MATCH + RESUME_MAY_DIFFER) == sorted(names)
     assert not set(RESUME_MUST_MATCH) & set(RESUME_MAY_DIFFER)
+
+
+def test_resume_records_the_upkern_source_the_run_really_used(task, tmp_path, capsys):
+    # config.json used to record a new --upkern-from given on resume, an initialisation that never happened.
+    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.model import MedNeXt
+
+    cfg = tiny_cfg(task, tmp_path / "run", epochs=1, iters_per_epoch=1)
+    source = save_checkpoint(tmp_path / "k3.pt", MedNeXt(cfg.model_config(1, 3)))
+    other = save_checkpoint(tmp_path / "other.pt", MedNeXt(cfg.model_config(1, 3)))
+    train(cfg.replace(upkern_from=str(source)))
+    for asked in (str(other), None):
+        capsys.readouterr()
+        train(cfg.replace(resume=True, epochs=2 if asked else 3, upkern_from=asked))
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["upkern_from"] == str(source)
+        assert load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]["upkern_from"] == str(source)
+        err = capsys.readouterr().err
+        assert (f"--upkern-from {other} is ignored on resume: the run keeps its own initialisation ({source})" in err) \
+            == (asked is not None)
+
+
+class _NaNGradient(torch.autograd.Function):
+    """The identity forward; its backward turns every gradient into NaN (the loss itself stays finite)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def test_a_nan_gradient_norm_stops_the_run_before_anything_is_saved(task, tmp_path, capsys, monkeypatch):
+    # --lr inf and --grad-clip nan are refused up front now, so a NaN gradient norm is forced
+    # through a real run: from its second iteration on, the loss's backward yields NaN gradients.
+    import mednext_lite.train as train_module
+
+    calls = []
+
+    def make_poisoned_loss():
+        loss = make_loss()
+
+        def poisoned(outputs, labels):
+            calls.append(1)
+            value = loss(outputs, labels)
+            return _NaNGradient.apply(value) if len(calls) > 1 else value
+        return poisoned
+
+    monkeypatch.setattr(train_module, "make_loss", make_poisoned_loss)
+    run = tmp_path / "run"
+    assert main(cli_args(task, run, "--epochs", "1", "--iters", "2")) == 3
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 1, iteration 2 of 2 (global step 2): the gradient norm became nan." in err
+    assert "Nothing was saved from that state: no checkpoint had been written yet" in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "split.json"]
+    assert len(calls) == 2  # it stopped at the first bad step
