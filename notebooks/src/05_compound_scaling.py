@@ -337,9 +337,9 @@ if measure and "process_before_mib" in origin:
 
 # %% [markdown]
 # Time is measured, so it carries the noise of a shared machine (the median of a few steps damps it)
-# and it does not follow MACs one to one: the k5 depthwise convolutions add few MACs but run at a lower
-# rate than the dense 1x1 convolutions, so a larger kernel usually costs more time than its MACs
-# suggest. This lesson prints the time ratios and asserts none of them.
+# and it does not follow MACs one to one: a depthwise convolution does few MACs per byte it reads and
+# writes, so it runs at a lower rate than the dense 1x1 convolutions, and a larger kernel often costs
+# more time than its extra MACs suggest. This lesson prints the time ratios and asserts none of them.
 
 # %%
 if measure:
@@ -352,11 +352,17 @@ if measure:
     batch_label = f"{shape[0]} x ${p['input_size']}^{dims}$ voxels"
     markers = {w: m for w, m in zip(sorted({r["width"] for r in grid}), "os^D")}
     for ax, (xkey, ykey, scale, ylabel, title) in zip(axes, panels):
-        for row in grid:
-            x, y = row[xkey], row[ykey] * scale
+        xs, ys = [r[xkey] for r in grid], [r[ykey] * scale for r in grid]
+        span_x, span_y = (max(xs) - min(xs)) or 1, (max(ys) - min(ys)) or 1
+        placed = []
+        for row, x, y in zip(grid, xs, ys):
             ax.scatter(x, y, color=f"C{sorted(set(p['grid_kernel'])).index(row['kernel'])}",
                        marker=markers[row["width"]], s=45, zorder=3)
-            ax.annotate(row["config"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # a label that would sit on an earlier one goes below its point instead
+            crowded = any(abs(x - px) < 0.12 * span_x and abs(y - py) < 0.06 * span_y for px, py in placed)
+            ax.annotate(row["config"], (x, y), textcoords="offset points", xytext=(5, -11 if crowded else 4),
+                        fontsize=8)
+            placed.append((x, y))
         if ykey == "net_peak_mib":  # the exact lower bound beside the measured peak
             ax.scatter([r["gmacs"] for r in grid], [r["saved_mib"] for r in grid], color="black", marker="x",
                        s=30, zorder=4, label="saved for backward (exact)")
@@ -389,7 +395,9 @@ if measure:
 # mean foreground Dice, of the **final** network on the held-out fold (no checkpoint is picked on the
 # cases then scored).
 #
-# One run decides nothing: a different seed (initial weights, patches drawn, and, since the trainer's
+# Each run holds out one fifth of the `n_train` cases for validation (2 cases at CI size, 4 at class
+# size, 8 at GPU size; the printed table and the figure title repeat the count). One run decides
+# nothing: a different seed (initial weights, patches drawn, and, since the trainer's
 # split follows the seed, which cases are held out) moves Dice by more than the arms differ. So every
 # arm is trained with `n_seeds` seeds; within a seed all arms share the same cases, so the paired
 # difference arm - base removes case difficulty. An arm is called better or worse than the base only
@@ -468,6 +476,10 @@ if ablation:
                 verdict = "below the base: intervals separate"
             else:
                 verdict = "overlaps the base: no ranking"
+                if len(diff) >= 3 and (all(x > 0 for x in diff) or all(x < 0 for x in diff)):
+                    # a sign test: the chance that n fair coin flips all agree, either way
+                    verdict += (f" (the same sign in all {len(diff)} paired seeds, which chance alone gives with "
+                                f"p = {2 * 0.5 ** len(diff):.2f}: suggestive at most)")
             verdicts[arm] = verdict
             line += f"; minus base per seed {', '.join(f'{x:+.3f}' for x in diff)} (mean {dm:+.3f}); {verdict}"
         print(line)
@@ -502,7 +514,7 @@ if ablation and p["n_seeds"] >= 3:
                      ha="center", va="bottom", fontsize=8)
     ax2.set_ylabel("parameters (thousands)")
     ax2.set_xlabel("arm")
-    ax2.set_title(f"what each arm costs (label: mean training time, {lesson.device.type})", fontsize=10)
+    ax2.set_title(f"what each arm costs (label: mean wall time of one run on {lesson.device.type})", fontsize=10)
     lesson.show(fig, "ablation")
 if ablation:
     with open(lesson.out / "ablation.csv", "w", newline="") as f:
