@@ -374,7 +374,7 @@ def _add_debug(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
 def _one_line(text: str, limit: int = 1000) -> str:
     # Multi-line messages (a list of problems, "- " bullets) become one line of "; "-separated parts.
     parts = [part.strip() for part in str(text).splitlines() if part.strip()]
-    line = "; ".join(part[2:] if part.startswith("- ") else part for part in parts)
+    line = "; ".join(part.removeprefix("- ") for part in parts)
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         return int(handler(args) or 0)
-    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 -- the one boundary between users and tracebacks
+    except (Exception, KeyboardInterrupt) as err:
         if getattr(args, "debug", False):
             raise
         line, status = error_line(err)

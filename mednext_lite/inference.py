@@ -530,7 +530,7 @@ def _count_not_finite(img: Any, path: Path) -> int:
         data = np.asanyarray(img.dataobj)
     except MemoryError:
         raise
-    except Exception as err:  # noqa: BLE001 -- the header was fine, so any failure to read is a damaged file
+    except Exception as err:
         raise _read_error(path, err) from err
     if data.dtype.kind not in "fc":
         return 0
@@ -556,7 +556,7 @@ def _preprocess(transforms: Callable[[dict], dict], path: Path, nan_to_num: floa
         item = transforms({"image": str(path)}) if end is None else transforms({"image": str(path)}, end=end)
     except MemoryError:
         raise
-    except Exception as err:  # noqa: BLE001 -- the header was fine, so any failure to read is a damaged file
+    except Exception as err:
         raise _read_error(path, err) from err
     _require_finite(item["image"], path, nan_to_num, report)
     return item if end is None else transforms(item, start=end)

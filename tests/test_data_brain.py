@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("nilearn", reason="the brain task needs nilearn (pip install nilearn)")
 
-from mednext_lite.data.brain import (  # noqa: E402
+from mednext_lite.data.brain import (
     BRAIN_TASK,
     TEMPLATE_NOTICE,
     _nilearn_datasets,
@@ -23,8 +23,8 @@ from mednext_lite.data.brain import (  # noqa: E402
     make_brain_task,
     synthesize_brain_case,
 )
-from mednext_lite.data.commands import brain_main  # noqa: E402
-from mednext_lite.data.dataset import load_task  # noqa: E402
+from mednext_lite.data.commands import brain_main
+from mednext_lite.data.dataset import load_task
 
 SPACING = 3.0  # coarser than the 2 mm default: the same code, a third of the voxels
 
@@ -114,7 +114,7 @@ def test_missing_nilearn_says_how_to_install(monkeypatch):
 
 def test_the_module_imports_without_nilearn(monkeypatch):
     """Only making the task needs nilearn: a fresh copy of the module loads while nilearn is absent."""
-    import mednext_lite.data.brain as brain
+    from mednext_lite.data import brain
 
     monkeypatch.setitem(sys.modules, "nilearn", None)
     spec = importlib.util.spec_from_file_location("mednext_lite.data._brain_without_nilearn", brain.__file__)

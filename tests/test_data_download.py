@@ -9,7 +9,12 @@ import tarfile
 import time
 
 import pytest
-from loopback_msd import LoopbackServer, build_gzip_bomb, build_msd_archive, tar_add_bytes
+from loopback_msd import (
+    LoopbackServer,
+    build_gzip_bomb,
+    build_msd_archive,
+    tar_add_bytes,
+)
 
 from mednext_lite.data import (
     DownloadError,
@@ -22,7 +27,12 @@ from mednext_lite.data import (
 )
 from mednext_lite.data.catalogue import validate_task_name
 from mednext_lite.data.commands import download_main
-from mednext_lite.data.download import EXTRACTED_MARKER, ArchiveLimitError, ExtractLimits, TransferLimits
+from mednext_lite.data.download import (
+    EXTRACTED_MARKER,
+    ArchiveLimitError,
+    ExtractLimits,
+    TransferLimits,
+)
 
 TASK = "Task04_Hippocampus"
 
@@ -435,10 +445,10 @@ FAST_GIVE_UP = TransferLimits(timeout=10.0, min_rate=64.0, window=0.5, deadline=
 def test_trickling_server_is_abandoned_and_a_rerun_resumes(tmp_path, archive, trickle):
     data, md5 = archive
     start = time.perf_counter()
-    with LoopbackServer({"/t.tar": data}, trickle=trickle, trickle_rate=4.0) as srv:
-        with pytest.raises(DownloadError) as err:
-            download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False, retries=0,
-                          transfer=FAST_GIVE_UP)
+    with LoopbackServer({"/t.tar": data}, trickle=trickle, trickle_rate=4.0) as srv, \
+            pytest.raises(DownloadError) as err:
+        download_task(TASK, tmp_path, url=srv.url("t.tar"), md5=md5, progress=False, retries=0,
+                      transfer=FAST_GIVE_UP)
     elapsed = time.perf_counter() - start
     assert elapsed < 5, elapsed  # 1 byte/s of a real archive would take hours; per-read timeouts never fire
     part = tmp_path / f"{TASK}.tar.part"
@@ -459,9 +469,9 @@ def test_attempt_deadline(tmp_path, archive):
     data, md5 = archive
     limits = TransferLimits(timeout=10.0, min_rate=1.0, window=0.3, deadline=1.0)
     start = time.perf_counter()
-    with LoopbackServer({"/t.tar": data}, trickle="body", trickle_rate=100.0) as srv:
-        with pytest.raises(DownloadError, match="deadline of 1 s") as err:
-            fetch_archive(srv.url("t.tar"), tmp_path / "t.tar", md5=md5, progress=False, retries=0, transfer=limits)
+    with LoopbackServer({"/t.tar": data}, trickle="body", trickle_rate=100.0) as srv, \
+            pytest.raises(DownloadError, match="deadline of 1 s") as err:
+        fetch_archive(srv.url("t.tar"), tmp_path / "t.tar", md5=md5, progress=False, retries=0, transfer=limits)
     assert 1.0 <= time.perf_counter() - start < 4
     assert "Run the same command again to resume" in str(err.value)
     assert 20 < (tmp_path / "t.tar.part").stat().st_size < len(data)

@@ -8,7 +8,13 @@ from fractions import Fraction
 import pytest
 
 from mednext_lite import create_mednext, preset_config
-from mednext_lite.diagram import draw_network, format_stage_table, network_parts, preset_stage_rows, shape_text
+from mednext_lite.diagram import (
+    draw_network,
+    format_stage_table,
+    network_parts,
+    preset_stage_rows,
+    shape_text,
+)
 from mednext_lite.losses import deep_supervision_weights, make_loss
 from mednext_lite.model import STAGE_NAMES
 

@@ -104,7 +104,7 @@ def test_replica_archive_has_one_top_folder_and_appledouble_files(name, tmp_path
     assert {n.split("/")[0] for n in names} == {name}
     real = [n for n in names if not Path(n).name.startswith("._") and "." in Path(n).name]
     forks = {n for n in names if Path(n).name.startswith("._")}
-    assert real and all(f"{str(Path(n).parent)}/._{Path(n).name}" in forks for n in real)
+    assert real and all(f"{Path(n).parent!s}/._{Path(n).name}" in forks for n in real)
     assert len(md5) == 32 and md5 == __import__("hashlib").md5(archive.read_bytes()).hexdigest()
 
 

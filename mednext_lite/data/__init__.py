@@ -5,7 +5,14 @@ pipelines and cached datasets, and the intensity-only baseline. Command-line doo
 
 from .baseline import dice_per_class, threshold_baseline
 from .brain import make_brain_task
-from .catalogue import DATA_ENV_VAR, MSD_TASKS, MSDTask, get_task, resolve_data_dir, validate_task_name
+from .catalogue import (
+    DATA_ENV_VAR,
+    MSD_TASKS,
+    MSDTask,
+    get_task,
+    resolve_data_dir,
+    validate_task_name,
+)
 from .dataset import (
     DatasetError,
     DatasetWarning,
@@ -31,7 +38,12 @@ from .download import (
     safe_extract,
 )
 from .synthetic import FLAVOURS, make_synthetic_task, synthesize_case
-from .transforms import DEFAULT_CT_WINDOW, default_cache_dir, get_transforms, make_dataset
+from .transforms import (
+    DEFAULT_CT_WINDOW,
+    default_cache_dir,
+    get_transforms,
+    make_dataset,
+)
 
 __all__ = [
     "DATA_ENV_VAR",

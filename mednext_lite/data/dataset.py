@@ -422,11 +422,11 @@ class _Case:
 def _image_layout(case: _Case) -> list[str]:
     shape, n = tuple(case.image.shape), case.info.in_channels
     if len(shape) == 4 and shape[3] != n:
-        return [f"{case.image_path}: image has {shape[3]} channels on its last axis but dataset.json declares "
-                f"{n} modalities; fix 'modality' or the image"]
+        return [(f"{case.image_path}: image has {shape[3]} channels on its last axis but dataset.json declares "
+                 f"{n} modalities; fix 'modality' or the image")]
     if len(shape) == 3 and n != 1:
-        return [f"{case.image_path}: image is 3D but dataset.json declares {n} modalities; store the modalities "
-                "as a 4D image (modalities last) or fix 'modality'"]
+        return [(f"{case.image_path}: image is 3D but dataset.json declares {n} modalities; store the modalities "
+                 "as a 4D image (modalities last) or fix 'modality'")]
     if len(shape) not in (3, 4):
         return [f"{case.image_path}: image has {len(shape)} dimensions {shape}; expected (x, y, z[, modality])"]
     return []
@@ -437,8 +437,8 @@ def _label_grid(case: _Case) -> list[str]:
     if len(lshape) != 3:
         return [f"{case.label_path}: label has shape {lshape}; a label map must be 3D (x, y, z)"]
     if ishape[:3] != lshape:
-        return [f"{case.label_path}: label shape {lshape} does not match image shape {ishape[:3]} of "
-                f"{case.image_path.name}; resample the label onto the image grid"]
+        return [(f"{case.label_path}: label shape {lshape} does not match image shape {ishape[:3]} of "
+                 f"{case.image_path.name}; resample the label onto the image grid")]
     return []
 
 
@@ -448,9 +448,9 @@ def _label_geometry(case: _Case) -> list[str]:
         return []
     # Orientation and resampling follow each file's own header, so the label may land off the anatomy.
     i_sp, l_sp = np.round(voxel_spacing(img), 4).tolist(), np.round(voxel_spacing(lbl), 4).tolist()
-    return [f"{case.label_path}: label affine differs from image {case.image_path.name} (spacing {l_sp} vs {i_sp}, "
-            f"origin {np.round(lbl[:3, 3], 3).tolist()} vs {np.round(img[:3, 3], 3).tolist()}); "
-            f"{case.see_montage()}; if they overlap, copy the image header into the label, else resample it"]
+    return [(f"{case.label_path}: label affine differs from image {case.image_path.name} (spacing {l_sp} vs {i_sp}, "
+             f"origin {np.round(lbl[:3, 3], 3).tolist()} vs {np.round(img[:3, 3], 3).tolist()}); "
+             f"{case.see_montage()}; if they overlap, copy the image header into the label, else resample it")]
 
 
 def _label_values(case: _Case) -> list[str]:
@@ -461,12 +461,12 @@ def _label_values(case: _Case) -> list[str]:
         return [f"{case.label_path}: label contains NaN/inf; rewrite it with integer values"]
     fractional = values[values != np.round(values)]
     if fractional.size:
-        return [f"{case.label_path}: label has non-integer values {fractional[:5].tolist()}; it was probably "
-                "resampled with linear interpolation: use nearest neighbour"]
+        return [(f"{case.label_path}: label has non-integer values {fractional[:5].tolist()}; it was probably "
+                 "resampled with linear interpolation: use nearest neighbour")]
     unknown = sorted({int(v) for v in values} - set(case.info.labels))
     if unknown:
-        return [f"{case.label_path}: label values {unknown} are not declared in dataset.json 'labels' "
-                f"{sorted(case.info.labels)}; add them to 'labels' or relabel the file"]
+        return [(f"{case.label_path}: label values {unknown} are not declared in dataset.json 'labels' "
+                 f"{sorted(case.info.labels)}; add them to 'labels' or relabel the file")]
     return []
 
 
@@ -476,9 +476,9 @@ def _label_dtype(case: _Case) -> list[str]:
         return []
     if not np.all(case.label_values == np.round(case.label_values)):
         return []  # _label_values reports it
-    return [f"{case.label_path}: label is stored as {data.dtype} holding the integers "
-            f"{case.label_values[:8].astype(np.int64).tolist()}; it trains as is, but {case.see_montage()} and "
-            "store labels as uint8 (a float label is often one that was interpolated)"]
+    return [(f"{case.label_path}: label is stored as {data.dtype} holding the integers "
+             f"{case.label_values[:8].astype(np.int64).tolist()}; it trains as is, but {case.see_montage()} and "
+             "store labels as uint8 (a float label is often one that was interpolated)")]
 
 
 def _image_finite(case: _Case) -> list[str]:
@@ -488,8 +488,8 @@ def _image_finite(case: _Case) -> list[str]:
     bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
     if not bad:
         return []
-    return [f"{case.image_path}: image has {bad:,} NaN/inf voxel(s); one is enough to turn every prediction into "
-            "background: replace them (e.g. with 0, or the background intensity) and save the image again"]
+    return [(f"{case.image_path}: image has {bad:,} NaN/inf voxel(s); one is enough to turn every prediction into "
+             "background: replace them (e.g. with 0, or the background intensity) and save the image again")]
 
 
 # The checks of one opened case, in report order: (is a warning, check). A check returns one line

@@ -176,7 +176,7 @@ class _Watchdog:
             if self.reason is not None:
                 self._shutdown(sock)
 
-    def __enter__(self) -> _Watchdog:
+    def __enter__(self) -> _Watchdog:  # noqa: PYI034 -- a private class, never subclassed
         self._thread.start()
         return self
 
@@ -307,8 +307,8 @@ def fetch_archive(
     md5: str | None = None,
     progress: bool = True,
     retries: int = 3,
-    transfer: TransferLimits = TransferLimits(),  # noqa: B008 - frozen, so one shared default is safe
-    limits: ExtractLimits = ExtractLimits(),  # noqa: B008
+    transfer: TransferLimits = TransferLimits(),
+    limits: ExtractLimits = ExtractLimits(),
 ) -> Path:
     """Download ``url`` to ``dest`` with resume and verification, and return ``dest``.
 
@@ -530,7 +530,7 @@ def safe_extract(
     target: str | os.PathLike,
     *,
     progress: bool = True,
-    limits: ExtractLimits = ExtractLimits(),  # noqa: B008 - frozen, so one shared default is safe
+    limits: ExtractLimits = ExtractLimits(),
 ) -> list[Path]:
     """Extract a tar archive into ``target`` after checking every member, and return the files
     written.
@@ -613,8 +613,8 @@ def download_task(
     progress: bool = True,
     retries: int = 3,
     keep_archive: bool = True,
-    transfer: TransferLimits = TransferLimits(),  # noqa: B008 - frozen, so one shared default is safe
-    limits: ExtractLimits = ExtractLimits(),  # noqa: B008
+    transfer: TransferLimits = TransferLimits(),
+    limits: ExtractLimits = ExtractLimits(),
 ) -> Path:
     """Download, verify and extract one MSD task into the data root, and return the task
     directory (``<data_dir>/<TaskNN_Name>``).
