@@ -71,16 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = sorted(p.name for p in run.output_dir.glob("*.png"))
         print(f"  {run.spec.name:<22} {run.seconds:6.1f} s  {', '.join(figures) or '-'}")
     print(f"  total {total:.0f} s")
-    trained = next((r.summary for r in runs if r.spec.name == "04_train_msd"), None)
-    if trained:
-        print(f"\nDice reached (04, {trained.get('task')}, validation cases, NIfTI predictions): "
-              f"{trained['predicted_mean_dice']:.3f} {_rounded(trained['predicted_dice'])}; "
-              f"threshold baseline on the same cases {trained['baseline_mean_dice']:.3f}")
-    upkern = next((r.summary for r in runs if r.spec.name == "06_upkern"), None)
-    if upkern:
-        print(f"UpKern (06), after the same total epochs: k5 from UpKern {upkern['k5_upkern_dice']:.3f}, "
-              f"k3 continued {upkern['k3_continued_dice']:.3f}, k5 from scratch {upkern['k5_scratch_dice']:.3f} "
-              f"({upkern['verdicts']['upkern_vs_k3_continued']})")
+    for run in runs:
+        line = headline(run.spec.name, run.summary)
+        if line:
+            print(line)
     if args.figures:
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, message in failures:
         print(f"\n{name} FAILED:\n{message}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def headline(name: str, summary: dict) -> str | None:
+    """The result line ``make demo`` prints for a lesson's ``summary.json`` (None for lessons
+    without one): lesson 04's held-out Dice against the baseline, lesson 06's three arms."""
+    if name == "04_train_msd":
+        return (f"Dice reached (04, {summary['task']}, {summary['n_test']} held-out cases, checkpoint chosen on "
+                f"{summary['n_selection']} others): {summary['test_mean_dice']:.3f} {_rounded(summary['test_dice'])}; "
+                f"threshold baseline fitted on the same cases {summary['baseline_test_mean_dice']:.3f}")
+    if name == "06_upkern":
+        return (f"UpKern (06), after the same total epochs: k5 from UpKern {summary['k5_upkern_dice']:.3f}, "
+                f"k3 continued {summary['k3_continued_dice']:.3f}, k5 from scratch {summary['k5_scratch_dice']:.3f} "
+                f"({summary['verdicts']['upkern_vs_k3_continued']})")
+    return None
 
 
 def _rounded(values: dict) -> dict:

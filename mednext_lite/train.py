@@ -803,7 +803,9 @@ class Trainer:
                 del ckpt
             if self.is_main:  # after the resume checks: it names only settings this run uses
                 atomic_write(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-                self._log(f"run {self.run_dir}: {self.model.config.spatial_dims}D MedNeXt-{cfg.variant} k{cfg.kernel_size}, "
+                name = f"MedNeXt-{cfg.variant}" if not cfg.model_overrides else (
+                    f"MedNeXt ({cfg.variant} ratios, overrides {cfg.model_overrides})")
+                self._log(f"run {self.run_dir}: {self.model.config.spatial_dims}D {name} k{cfg.kernel_size}, "
                           f"{sum(p.numel() for p in self.model.parameters()):,} parameters, "
                           f"{len(self.train_cases)} train / {len(self.val_cases)} val cases, device {self.device}"
                           f"{f', {self.world_size} processes' if self.distributed else ''}")

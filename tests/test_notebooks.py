@@ -100,6 +100,9 @@ def test_notebook_executes(spec):
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert run.summary, f"{spec.name} wrote no summary.json"
+    from mednext_lite.demo import headline
+
+    headline(spec.name, run.summary)  # make demo reads these keys: a renamed one must fail here, not there
     (run.output_dir / "seconds.json").write_text(json.dumps({"seconds": run.seconds}))
 
 

@@ -140,7 +140,8 @@ for level in range(4):
 # resolution set to 0, normalised to sum 1: raw 1, 1/2, 1/4, 1/8, 0 sum to 15/8, so the weights are
 # 8/15, 4/15, 2/15, 1/15 and 0. The usual motivation: the coarse heads give the deep stages a short path
 # to the loss early in training. At inference only the full-resolution output is used (lesson 03 shows
-# the five outputs of a trained network).
+# the shrunk targets, lesson 04 the five outputs of a trained network). Each loss term is Dice (taught in
+# lesson 03) plus cross-entropy (the usual per-voxel classification loss).
 
 # %%
 print("outputs:", [shape_text(tuple(o.shape[1:])) for o in outputs])

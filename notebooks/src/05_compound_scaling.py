@@ -389,7 +389,8 @@ if measure:
 #
 # ## 3. What each axis buys? A small training ablation, with its error bars
 # The base network and one step along each axis (depth x2, width x2, kernel 5) are trained with the
-# same budget on the synthetic "comma" task of lesson 03, whose two structures have the same intensity
+# same number of iterations (not the same compute: the right panel above shows the step times) on the
+# synthetic "comma" task of lesson 02, whose two structures have the same intensity
 # and differ only in shape and position, so a larger receptive field may help with them. Training is
 # lesson 04's recipe (DiceCE loss with deep supervision, AdamW, poly schedule); the score is lesson 03's
 # mean foreground Dice, of the **final** network on the held-out fold (no checkpoint is picked on the
@@ -499,7 +500,7 @@ if ablation and p["n_seeds"] >= 3:
         ax1.scatter(i + jitter, dice, color=f"C{i}", alpha=0.6, s=25, label="one seed" if i == 0 else None)
         ax1.errorbar(i, np.mean(dice), yerr=np.std(dice, ddof=1), color="black", capsize=6, marker="_", ms=18,
                      label="mean ± std" if i == 0 else None)
-    ax1.axhline(baseline["mean_foreground_dice"], color="grey", ls="--", label="intensity threshold (upper bound)")
+    ax1.axhline(baseline["mean_foreground_dice"], color="grey", ls="--", label="intensity threshold rule (fewest voxel errors, fitted on these cases)")
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel("final validation Dice (mean foreground)")
     ax1.set_xlabel("arm (one scaling step from the base)")

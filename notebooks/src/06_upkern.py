@@ -32,7 +32,7 @@
 # %% [parameters]
 size = "class"  # "ci": what CI runs; "class": about 5 minutes on a 2-core CPU; "gpu": a real run on one GPU
 task_dir = None  # an MSD task folder; None: write the offline task named by `task` under output_dir
-task = None  # "synthetic" (MRI-like shapes, 48^3) or "brain" (MNI152 tissue, lesson 03)
+task = None  # "synthetic" (MRI-like shapes, 48^3) or "brain" (MNI152 tissue, lesson 02)
 spatial_dims = None  # 2 trains on slices (fast on a CPU), 3 on volumes
 patch_size = None  # training patch per axis (a multiple of 16)
 base_width = None  # C of the networks compared here
@@ -384,8 +384,8 @@ if control == "upkern ahead":
 else:
     why = {"not ranked": "one seed cannot rank the arms", "within noise": "the gap is within the seed noise",
            "k3_continued ahead": "k3 continued is ahead beyond the noise"}[control]
-    print(f"- so at size {size!r} this run does NOT show UpKern beating k3 continued ({why}): what UpKern gains over "
-          "k5 from scratch is not shown to come from the larger kernel rather than from the k3 epochs and the restart")
+    print(f"- so at size {size!r} this run does NOT show UpKern beating k3 continued ({why}): whatever UpKern's "
+          "final Dice owes to the larger kernel rather than to the k3 epochs and the restart is not shown here")
 assert all(0.0 <= d <= 1.0 for v in final.values() for d in v.values())
 assert all(len(arms[b][s].history) == len(arms[c][s].history) == K5 for s in seeds)  # b and c: equal k5 phases
 assert all(len(arms[a][s].history) == K3 + K5 for s in seeds)  # a: as many epochs in all as k3 + (b or c)

@@ -13,8 +13,8 @@
 # Replace each `raise NotImplementedError` (or `None`) with your answer and run the cell: the checker
 # under it answers with a hint, never with a bare error. It also refuses shortcuts: while your function
 # runs, the package function it re-implements is switched off, so calling it earns a "shortcut" hint.
-# Lessons 01 (blocks), 03 (Dice, sliding windows), 04 (deep supervision), 05 (scaling) and 06 (UpKern)
-# teach what you need.
+# Lessons 00 (the network, deep-supervision weights), 01 (blocks), 02 (CT windows), 03 (Dice, sliding
+# windows), 04 (deep supervision), 05 (scaling) and 06 (UpKern) teach what you need.
 
 # %% [parameters]
 size = "class"  # "ci" | "class" | "gpu": the sheet is the same at every size (nothing here trains)
@@ -46,7 +46,7 @@ def answer(name, yours):
 
 # %% [markdown]
 # ## Exercise 1 · The down block's forward pass
-# Lesson 01 wrote the plain block's forward; here is its sibling. `block` is a `MedNeXtDownBlock` with
+# Lesson 01 wrote the stride-1 MedNeXt block's forward; here is its sibling. `block` is a `MedNeXtDownBlock` with
 # layers `block.conv1` (depthwise, **stride 2**), `block.norm`, `block.conv2` (1x1 expansion), `block.act`
 # (GELU), `block.grn` (GRN, or `nn.Identity` when off) and `block.conv3` (1x1 to **2C** channels), and the
 # residual path `block.res_conv` (a stride-2 1x1 conv C -> 2C, or `None` when the block has none).
@@ -82,7 +82,7 @@ results["down_block_parameters"]
 # S and B differ only in their expansion ratios R (9 per stage); both have C = 32 and 2 blocks per stage.
 # Given the parameter count of one network, predict the count of the network with other ratios,
 # **without building it**: `predict_parameters(params_from, ratios_from, ratios_to, blocks, C)`.
-# Think about which layers R widens, and which R each down and up block uses (lesson 05's table).
+# Think about which layers R widens, and which R each down and up block uses (lesson 00, section 5).
 # Then explain the printout below: why is the S -> B difference the same for k3 and k5, 2D and 3D?
 
 # %%
