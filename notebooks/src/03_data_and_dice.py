@@ -61,10 +61,10 @@ from mednext_lite.model import MedNeXt
 from mednext_lite.notebooks import Lesson, sized
 
 p = sized(size, {
-    "ci": dict(n_cases=4, case_shape=48, patch=32, n_draws=240, brain_cases=0, sw_shape=(160, 128), sw_window=64),
-    "class": dict(n_cases=12, case_shape=48, patch=32, n_draws=1200, brain_cases=3, sw_shape=(160, 128),
+    "ci": dict(n_cases=4, case_shape=48, patch=16, n_draws=240, brain_cases=0, sw_shape=(160, 128), sw_window=64),
+    "class": dict(n_cases=12, case_shape=48, patch=16, n_draws=1200, brain_cases=3, sw_shape=(160, 128),
                   sw_window=64),
-    "gpu": dict(n_cases=40, case_shape=64, patch=48, n_draws=4000, brain_cases=8, sw_shape=(320, 256),
+    "gpu": dict(n_cases=40, case_shape=96, patch=32, n_draws=4000, brain_cases=8, sw_shape=(320, 256),
                 sw_window=96),
 }, n_cases=n_cases, case_shape=case_shape, patch=patch, n_draws=n_draws, brain_cases=brain_cases,
    sw_shape=sw_shape, sw_window=sw_window)
@@ -301,8 +301,8 @@ assert shared > 0.6, "head and tail must look alike in intensity"
 
 # %% [markdown]
 # ### 2.2 The intensity-threshold baseline
-# `threshold_baseline` fits the best rule "intensity bin -> label" on the cases (each of 64 intensity bins
-# gets its majority label: the intensity-only classifier with the fewest voxel errors) and scores it on
+# `threshold_baseline` fits the best rule "intensity bin -> label" on the cases (each of up to 64 quantile
+# bins of intensity, duplicate edges dropped, gets its majority label: the intensity-only classifier with the fewest voxel errors) and scores it on
 # the same cases, which flatters it. It finds the object (binary foreground Dice near 0.9) but, since a
 # head voxel and a tail voxel of the same intensity are indistinguishable to it and head voxels are more
 # numerous, every object bin goes to **head**: tail Dice 0, mean foreground about 0.40. The shaded bands
@@ -427,12 +427,13 @@ else:
 # A network trains on **patches** cut from the preprocessed case, not on whole volumes (a 3D CT does not
 # fit, and many small patches make a varied batch). `get_transforms(info, mode="train")` ends with MONAI's
 # `RandCropByPosNegLabeld`: each patch's centre is a random **foreground** voxel with probability
-# `pos_ratio` and a random **background** voxel otherwise; foreground is rare (a few per cent here), so
-# uniform sampling would hardly ever show the network a tail. `make_dataset` caches the deterministic
+# `pos_ratio` and a random **background** voxel otherwise; foreground is rare (a few per cent here, the
+# tail a smaller share still), so a uniformly placed centre would seldom fall on a tail (the voxel shares
+# are printed below). `make_dataset` caches the deterministic
 # prefix of the pipeline (load, orient, crop to the body, normalise, pad) and reruns only the random
-# steps each time an item is read, as in training. At this lesson's sizes a patch is a large share of a
-# 48^3 case; on a CT of 512 x 512 x 300 voxels a 128^3 patch is about 1/37 of it, and where its centre
-# falls matters far more. Augmentation is off in this subsection so that the patch centre stays at the
+# steps each time an item is read, as in training. Here the patch is small beside the case (its share of
+# the volume is printed), so a patch centred on background often holds no object at all; on a CT of
+# 512 x 512 x 300 voxels a 128^3 patch is about 1/37 of it. Augmentation is off in this subsection so that the patch centre stays at the
 # patch centre (a flip would move it by one voxel); section 3.2 adds it.
 
 # %%
@@ -453,9 +454,19 @@ on_fg = np.array([float(s["label"][0, c, c, c]) > 0 for s in patches])
 has_fg = np.array([bool((s["label"] > 0).any()) for s in patches])
 assert all(tuple(s["image"].shape) == (1, P, P, P) for s in patches)
 sigma = math.sqrt(pos_ratio * (1 - pos_ratio) / len(patches))
-print(f"volume after preprocessing {vol_shape}; {len(patches)} patches of {P}^3")
+on_tail = np.array([float(s["label"][0, c, c, c]) == 2 for s in patches])
+lab = pre["label"][0].numpy()
+share = {"foreground": float((lab > 0).mean()), "tail": float((lab == 2).mean())}
+print(f"volume after preprocessing {vol_shape}; {len(patches)} patches of {P}^3, each "
+      f"{P ** 3 / math.prod(vol_shape):.1%} of the volume")
+print(f"voxel shares (what a uniformly placed centre would hit): foreground {share['foreground']:.1%}, "
+      f"tail {share['tail']:.1%}; patches centred on a tail here: {on_tail.mean():.1%}")
 print(f"centred on foreground: {on_fg.mean():.3f} (setting pos_ratio = {pos_ratio}, binomial sd {sigma:.3f}); "
-      f"patches holding any foreground: {has_fg.mean():.3f}")
+      f"patches holding any foreground: {has_fg.mean():.3f}, of those centred on background: "
+      f"{has_fg[~on_fg].mean():.3f}")
+assert P ** 3 < 0.25 * math.prod(vol_shape), "the patch must be clearly smaller than the volume"
+assert share["tail"] < share["foreground"] < 0.1 and on_tail.mean() > 2 * share["tail"]
+assert has_fg[~on_fg].mean() < 0.9, "a background-centred patch must often hold no object"
 
 # %% [markdown]
 # The measured fraction can sit a little **above** `pos_ratio`, and not by chance. A patch must lie inside
@@ -483,6 +494,8 @@ assert abs(ctrl_fg.mean() - pos_ratio) < 4 * sigma, "with no centre moved, the f
 assert on_fg.mean() > pos_ratio - 4 * sigma
 lesson.record(pos_ratio=pos_ratio, n_patches=len(patches), fraction_centred_on_fg=float(on_fg.mean()),
               fraction_centred_on_fg_padded_control=float(ctrl_fg.mean()), fraction_with_any_fg=float(has_fg.mean()),
+              fraction_bg_centred_with_any_fg=float(has_fg[~on_fg].mean()), fraction_centred_on_tail=float(on_tail.mean()),
+              voxel_share_fg=share["foreground"], voxel_share_tail=share["tail"],
               centres_on_valid_edge=moved)
 
 # %%
@@ -817,7 +830,9 @@ assert same < 1e-5 < wider
 # never a blend of two), and mixes the five Dice + CE terms with weights proportional to $1/2^i$, the
 # lowest resolution weighted 0, normalised to sum 1. Below, the targets are not rebuilt by hand: they are
 # recorded from inside the package's loss while it scores a tiny untrained MedNeXt's outputs on one
-# training patch of section 3.
+# training patch cut by the sampler of section 3 from the same case, but of at least 32^3 voxels: a 16^3
+# patch alone would leave one voxel at the 1/16 level, which GroupNorm cannot normalise in a batch of 1
+# (the package refuses it).
 
 # %%
 class Recording(torch.nn.Module):
@@ -834,7 +849,12 @@ class Recording(torch.nn.Module):
 
 
 tiny3d = MedNeXt(spatial_dims=3, in_channels=1, num_classes=3, base_width=4, block_counts=1, deep_supervision=True)
-x_patch, y_patch = base_patch["image"][None], base_patch["label"][None]
+P_ds = max(P, 32)
+ds_tf = get_transforms(info, mode="train", patch_size=P_ds, num_samples=1, pos_ratio=1.0, augment=False)
+ds_tf.set_random_state(seed=seed)
+ds_patch = next(s for s in (ds_tf(deepcopy(pre), start=i_crop)[0] for _ in range(50))
+                if (s["label"] == 1).any() and (s["label"] == 2).any())
+x_patch, y_patch = ds_patch["image"][None], ds_patch["label"][None]
 with torch.no_grad():
     outputs = tiny3d(x_patch)
 recorder = Recording(make_loss().base_loss)
@@ -847,7 +867,7 @@ assert torch.allclose(total, make_loss()(outputs, y_patch)), "the recording wrap
 levels = []
 for i, (out, target) in enumerate(zip(outputs, recorder.targets)):
     f = 2 ** i
-    assert tuple(target.shape[2:]) == tuple(out.shape[2:]) == (P // f,) * 3
+    assert tuple(target.shape[2:]) == tuple(out.shape[2:]) == (P_ds // f,) * 3
     assert set(torch.unique(target).tolist()) <= {0.0, 1.0, 2.0}, "nearest keeps labels integer"
     assert torch.equal(target, y_patch[..., ::f, ::f, ::f]), "nearest by 2^i keeps every 2^i-th voxel"
     levels.append({"shape": tuple(out.shape[2:]), "weight": weights[i], "loss": float(recorder.values[i]),
@@ -861,11 +881,11 @@ fig = Figure(figsize=(14, 3.6), layout="constrained")
 axes = fig.subplots(1, len(outputs))
 for i, (ax, target) in enumerate(zip(axes, recorder.targets)):
     f = 2 ** i
-    t2 = target[0, 0, :, :, (P // 2) // f].numpy().astype(int)
-    ax.imshow(np.zeros_like(t2).T, cmap="gray", vmin=0, vmax=1, origin="lower", extent=(0, P, 0, P))
+    t2 = target[0, 0, :, :, (P_ds // 2) // f].numpy().astype(int)
+    ax.imshow(np.zeros_like(t2).T, cmap="gray", vmin=0, vmax=1, origin="lower", extent=(0, P_ds, 0, P_ds))
     ax.imshow(np.ma.masked_equal(t2.T, 0), cmap=LABEL_COLOURS, vmin=0.5, vmax=3.5, origin="lower",
-              interpolation="nearest", extent=(0, P, 0, P))
-    ax.set_title(f"output {i}: {P // f}^3, weight {weights[i]:.3f}\nhead {levels[i]['head']}, tail {levels[i]['tail']} voxels",
+              interpolation="nearest", extent=(0, P_ds, 0, P_ds))
+    ax.set_title(f"output {i}: {P_ds // f}^3, weight {weights[i]:.3f}\nhead {levels[i]['head']}, tail {levels[i]['tail']} voxels",
                  fontsize=9)
     ax.set_xlabel("x in patch (full-resolution voxels)")
     if i == 0:
