@@ -400,9 +400,14 @@ if measure:
 # size, 8 at GPU size; the printed table and the figure title repeat the count). One run decides
 # nothing: a different seed (initial weights, patches drawn, and, since the trainer's
 # split follows the seed, which cases are held out) moves Dice by more than the arms differ. So every
-# arm is trained with `n_seeds` seeds; within a seed all arms share the same cases, so the paired
-# difference arm - base removes case difficulty. An arm is called better or worse than the base only
-# when the seeds' intervals (mean ± standard deviation) do not overlap.
+# arm is trained with `n_seeds` seeds; within a seed all arms share the same split and validation
+# cases, so the **paired** difference d_s = arm_s - base_s removes what the case draw does to every arm
+# alike (a seed whose held-out cases are hard lowers all arms together). Each verdict is therefore
+# computed from the n paired differences, not from each arm's own spread: report mean(d) ± sd(d) and
+# every d_s, and call an arm above or below the base only when every d_s has the same sign **and**
+# |mean(d)| > 2 sd(d) / sqrt(n) (a paired, t-like margin of two standard errors). With 2-3 seeds this
+# is a weak test (a proper 95 % t-test would need 4.3 standard errors at 3 seeds, 12.7 at 2), and one
+# seed has no sd(d) and ranks nothing.
 
 # %%
 ablation = {}
@@ -449,45 +454,61 @@ if train_ablation:
                 assert r["last_loss"] < r["first_loss"], f"{arm} seed {r['seed']}: the loss must go down"
 
 # %% [markdown]
-# The comparison, in numbers: mean ± standard deviation over seeds, the paired difference to the base
-# network, and whether the intervals separate. With a single seed there is no interval at all: the
-# numbers are printed, but they rank nothing.
+# The comparison, in numbers: each arm's mean ± standard deviation over seeds (for reading, not for the
+# verdict), then the paired differences to the base network, their mean ± sd, the margin 2 sd/sqrt(n)
+# and the verdict of the rule above. With a single seed the numbers are printed, but they rank nothing.
 
 # %%
-verdicts = {}
+verdicts, paired = {}, {}
 if ablation:
     def mean_std(values):
         return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
     base_dice = [r["dice"] for r in ablation["base"]]
+    n = len(base_dice)
+    print(f"rule: an arm differs from the base only when all {n} paired differences d_s = arm_s - base_s have one "
+          "sign and |mean(d)| > 2 sd(d)/sqrt(n) (a t-like margin; with 2-3 seeds a weak test, one seed ranks nothing)")
+    print(f"{'arm':>9}  {'Dice mean ± sd':>15}  {'d_s = arm - base, per seed':>28}  {'mean(d) ± sd(d)':>16}  "
+          f"{'margin':>6}  verdict")
     for arm, runs in ablation.items():
         dice = [r["dice"] for r in runs]
         m, sd = mean_std(dice)
-        line = (f"{arm:>9}: Dice {m:.3f} ± {sd:.3f} over {len(dice)} seeds" if len(dice) > 1
-                else f"{arm:>9}: Dice {m:.3f} (one seed: no spread)")
-        if arm != "base":
-            diff = [a - b for a, b in zip(dice, base_dice)]
-            dm, dsd = mean_std(diff)
-            bm, bsd = mean_std(base_dice)
-            if len(dice) < 3:
-                verdict = "not ranked (fewer than 3 seeds)"
-            elif m - sd > bm + bsd:
-                verdict = "above the base: intervals separate"
-            elif m + sd < bm - bsd:
-                verdict = "below the base: intervals separate"
-            else:
-                verdict = "overlaps the base: no ranking"
-                if len(diff) >= 3 and (all(x > 0 for x in diff) or all(x < 0 for x in diff)):
-                    # a sign test: the chance that n fair coin flips all agree, either way
-                    verdict += (f" (the same sign in all {len(diff)} paired seeds, which chance alone gives with "
-                                f"p = {2 * 0.5 ** len(diff):.2f}: suggestive at most)")
-            verdicts[arm] = verdict
-            line += f"; minus base per seed {', '.join(f'{x:+.3f}' for x in diff)} (mean {dm:+.3f}); {verdict}"
-        print(line)
-    if p["n_seeds"] < 3:
-        print(f"\nsize={size!r} trains {p['n_seeds']} seed(s) of {iterations} iterations scored on {n_val} cases: "
-              "sizes this small cannot rank the arms, so no 'what each axis buys' chart is drawn. "
+        own = f"{m:.3f} ± {sd:.3f}" if len(dice) > 1 else f"{m:.3f} (1 seed)"
+        if arm == "base":
+            print(f"{arm:>9}  {own:>15}  {'(the control)':>28}")
+            continue
+        d = [a - b for a, b in zip(dice, base_dice)]
+        dm, dsd = mean_std(d)
+        margin = 2 * dsd / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        one_sign = all(x > 0 for x in d) or all(x < 0 for x in d)
+        if len(d) < 2:
+            verdict = "not ranked (one seed)"
+        elif one_sign and abs(dm) > margin:
+            verdict = f"{'above' if dm > 0 else 'below'} the base (paired: one sign, beyond the margin)"
+        else:
+            verdict = "no ranking (" + ("the signs differ" if not one_sign else "within the margin") + ")"
+        verdicts[arm] = verdict
+        paired[arm] = {"d": d, "mean": dm, "sd": dsd if len(d) > 1 else None,
+                       "margin": margin if len(d) > 1 else None}
+        spread = f"{dm:+.3f} ± {dsd:.3f}" if len(d) > 1 else f"{dm:+.3f}"
+        print(f"{arm:>9}  {own:>15}  {', '.join(f'{x:+.3f}' for x in d):>28}  {spread:>16}  "
+              f"{(f'{margin:.3f}' if len(d) > 1 else '-'):>6}  {verdict}")
+    for arm, v in verdicts.items():  # each verdict follows the printed numbers
+        st = paired[arm]
+        passes = (n > 1 and abs(st["mean"]) > st["margin"]
+                  and (all(x > 0 for x in st["d"]) or all(x < 0 for x in st["d"])))
+        assert v.startswith("not ranked") == (n == 1) and (v.startswith(("above", "below")) == passes), (arm, v)
+    ranked = {a: v.split(" (")[0] for a, v in verdicts.items() if v.startswith(("above", "below"))}
+    if n < 2:
+        print(f"\nsize={size!r} trains {p['n_seeds']} seed of {iterations} iterations scored on {n_val} cases: "
+              "one seed cannot rank the arms, so no 'what each axis buys' chart is drawn. "
               "Run size='class' (3 seeds) or size='gpu' (5 seeds, 3D) for a comparison.")
+    elif ranked:
+        print(f"\nat size {size!r} ({n} seeds, {iterations} iterations, {n_val} validation cases per seed) the paired "
+              "rule separates: " + "; ".join(f"{a} {v}" for a, v in ranked.items())
+              + f". A weak test with {n} seeds; the other arms are not ranked against the base.")
+    else:
+        print(f"\nat size {size!r} ({n} seeds) no arm passes the paired rule: these runs rank no axis against the base.")
 
 # %%
 if ablation and p["n_seeds"] >= 3:
@@ -504,10 +525,10 @@ if ablation and p["n_seeds"] >= 3:
     ax1.set_xticks(range(len(names)), names)
     ax1.set_ylabel("final validation Dice (mean foreground)")
     ax1.set_xlabel("arm (one scaling step from the base)")
-    separated = [a for a, v in verdicts.items() if "separate" in v]
+    separated = [a for a, v in verdicts.items() if v.startswith(("above", "below"))]
     ax1.set_title(f"{len(ablation_seeds)} seeds x {n_val} validation cases, {iterations} iterations: "
-                  + (f"separate from base: {', '.join(separated)}" if separated else "intervals overlap"),
-                  fontsize=10)
+                  + (f"paired rule separates from base: {', '.join(separated)}" if separated
+                     else "paired rule: no arm separates from base"), fontsize=10)
     ax1.legend(fontsize=8)
     ax2.bar(names, [ablation[n][0]["params"] / 1e3 for n in names], color=[f"C{i}" for i in range(len(names))])
     for i, n in enumerate(names):
@@ -553,7 +574,7 @@ with open(lesson.out / "results.csv", "w", newline="") as f:
 rows = collect_csv(str(lesson.out / "results.csv"))
 assert len(rows) == len(grid) and [r["params"] for r in rows] == [r["params"] for r in grid]
 lesson.record(presets=[{k: r[k] for k in ("variant", "kernel", "params", "gmacs")} for r in table],
-              grid=grid, ablation=ablation, ablation_verdicts=verdicts,
+              grid=grid, ablation=ablation, ablation_verdicts=verdicts, ablation_paired_differences=paired,
               n_val_cases=ablation["base"][0]["n_val"] if ablation else None,
               seconds=round(time.perf_counter() - started, 1))
 print(f"{len(rows)} grid rows written and read back; lesson ran {time.perf_counter() - started:.0f} s")
@@ -567,5 +588,5 @@ print(f"{len(rows)} grid rows written and read back; lesson ran {time.perf_count
 #    it save per axis, and what does it cost in time?
 # 4. Sweep `input_size` over 32, 48, 64 with papermill and plot step time and net peak memory against
 #    voxels: which grows linearly?
-# 5. Train the ablation with `ablation_iters` five times larger (class size, 3 seeds): do the intervals
-#    separate now, which arm leads, and does any arm beat the threshold baseline?
+# 5. Train the ablation with `ablation_iters` five times larger (class size, 3 seeds): do the paired
+#    differences pass the rule now, which arm leads, and does any arm beat the threshold baseline?
