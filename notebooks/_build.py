@@ -52,8 +52,9 @@ def parse(source: str) -> list[tuple[str, str]]:
     return out
 
 
-def build(src: Path) -> nbformat.NotebookNode:
-    """The notebook for one lesson source file."""
+def build(src: Path, *, badge: bool = True, id_prefix: str | None = None) -> nbformat.NotebookNode:
+    """The notebook for one lesson source file (``badge=False``: no Colab badge, for the teachers'
+    solutions, which are not handed out); cell ids are ``<id_prefix>-NN`` (default: the number)."""
     name = src.stem
     cells = parse(src.read_text())
     nb = nbformat.v4.new_notebook()
@@ -66,7 +67,7 @@ def build(src: Path) -> nbformat.NotebookNode:
     if kind != "markdown" or not title.startswith("# "):
         raise ValueError(f"{src}: the first cell must be the markdown title ('# ...')")
     first_line, _, rest = title.partition("\n")
-    header = f"{first_line}\n\n{BADGE.format(url=COLAB.format(name=name))}\n\n{rest.strip()}"
+    header = f"{first_line}\n\n{BADGE.format(url=COLAB.format(name=name))}\n\n{rest.strip()}" if badge else title
     nb.cells.append(nbformat.v4.new_markdown_cell(header))
     nb.cells.append(nbformat.v4.new_code_cell(INSTALL.strip()))
     for kind, text in cells[1:]:
@@ -78,7 +79,7 @@ def build(src: Path) -> nbformat.NotebookNode:
                 cell.metadata["tags"] = ["parameters"]
             nb.cells.append(cell)
     for i, cell in enumerate(nb.cells):  # stable ids keep diffs of regenerated notebooks small
-        cell["id"] = f"{name[:2]}-{i:02d}"
+        cell["id"] = f"{id_prefix or name[:2]}-{i:02d}"
     return nb
 
 

@@ -250,6 +250,9 @@ def test_the_sheet_holds_no_answers_and_the_solutions_notebook_matches_its_sourc
     assert [c.source for c in committed.cells] == [c.source for c in builder.build().cells], (
         "solutions notebook and its .py differ: run python notebooks/solutions/_build.py")
     assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code")
+    from mednext_lite.notebooks import notebook_problems
+
+    assert notebook_problems(SOLUTIONS_PY.with_suffix(".ipynb")) == []  # the house rules of every notebook
     text = "\n".join(c.source for c in committed.cells)
     for lesson in ("00", "01", "02", "03", "04", "05", "06"):
         assert f"Lesson {lesson}" in text, f"no Try-this answers for lesson {lesson}"

@@ -11,6 +11,9 @@
 # typical mistake and a shortcut (calling the package's own function) with the right hint.
 # The student sheet never imports this file unless it is given that parameter.
 
+# %% [parameters]
+verify = True  # run every checker on these answers at the end (False: only read them)
+
 # %%
 import numpy as np
 import torch
@@ -207,7 +210,7 @@ SOLUTIONS = {
 # (Runs in this notebook only; the sheet does the same when it is given the solutions.)
 
 # %%
-if __name__ == "__main__":
+if __name__ == "__main__" and verify:
     from mednext_lite import exercises as ex
 
     for name, (right, wrong, shortcut) in ex.verify_checkers(SOLUTIONS).items():

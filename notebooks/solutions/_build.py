@@ -27,22 +27,9 @@ def _lesson_builder():
 
 
 def build(source: Path = SOURCE) -> nbformat.NotebookNode:
-    """The teachers' notebook: the install cell after the title, then the source's cells."""
-    lesson = _lesson_builder()
-    cells = lesson.parse(source.read_text())
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
-                   "language_info": {"name": "python"}}
-    kind, title = cells[0]
-    if kind != "markdown" or not title.startswith("# "):
-        raise ValueError(f"{source}: the first cell must be the markdown title ('# ...')")
-    nb.cells.append(nbformat.v4.new_markdown_cell(title))
-    nb.cells.append(nbformat.v4.new_code_cell(lesson.INSTALL.strip()))
-    for kind, text in cells[1:]:
-        make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
-        nb.cells.append(make(text))
-    for i, cell in enumerate(nb.cells):
-        cell["id"] = f"07s-{i:02d}"
+    """The teachers' notebook: built like a lesson, without the Colab badge (it is not handed out)."""
+    nb = _lesson_builder().build(source, badge=False, id_prefix="07s")
+    nb.metadata.pop("colab", None)
     return nb
 
 
