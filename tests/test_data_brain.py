@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from task_links import assert_links_replaced, link_out
 
 pytest.importorskip("nilearn", reason="the brain task needs nilearn (pip install nilearn)")
 
@@ -146,22 +147,14 @@ def test_train_task_brain_writes_the_task_on_first_use(tmp_path):
 def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path):
     task = make_brain_task(tmp_path / "root", n_train=1, n_test=1, spacing=4.0, progress=False)
     user = tmp_path / "user"
-    user.mkdir()
     linked = {"dataset.json": task / "dataset.json", "image": task / "imagesTr" / "mnibrain_000.nii.gz",
               "label": task / "labelsTr" / "mnibrain_000.nii.gz", "test": task / "imagesTs" / "mnibrain_001.nii.gz"}
-    for name, path in linked.items():
-        (user / name).write_bytes(f"the user's {name}".encode())
-        path.unlink()
-        path.symlink_to(user / name)
+    link_out(linked, user)
     make_brain_task(tmp_path / "root", n_train=1, n_test=1, spacing=4.0, progress=False)
-    for name, path in linked.items():
-        assert not path.is_symlink() and path.is_file(), path
-        assert (user / name).read_bytes() == f"the user's {name}".encode()
+    assert_links_replaced(linked, user, task)
     _, label, _ = synthesize_brain_case([0, 0, 0], spacing=4.0)
     assert np.array_equal(np.asanyarray(nib.load(str(linked["label"])).dataobj), label)
     assert len(load_task(task, strict=True).training) == 1
-    for folder in (task, *(task / sub for sub in ("imagesTr", "labelsTr", "imagesTs"))):
-        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
 def test_benchmark_replaces_only_its_own_run_files(tmp_path):

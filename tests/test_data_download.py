@@ -329,6 +329,19 @@ def test_member_count_limit(tmp_path):
     assert len(safe_extract(path, tmp_path / "ok", progress=False, limits=ExtractLimits(max_members=6))) == 6
 
 
+def test_too_little_free_space_refuses_before_the_first_write(tmp_path, monkeypatch):
+    import shutil
+
+    from mednext_lite.data import download
+
+    path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=1, n_test=0)
+    real = shutil.disk_usage
+    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=100))  # a nearly full disk
+    with pytest.raises(DownloadError, match=r"needs .* but .* has 100 B free; nothing was written"):
+        safe_extract(path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.nii.gz"))
+
+
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match=r"max_bytes=0"):
         ExtractLimits(max_bytes=0)

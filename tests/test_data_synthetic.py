@@ -12,6 +12,7 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
+from task_links import assert_links_replaced, link_out
 
 from mednext_lite.data import (
     load_task,
@@ -142,25 +143,18 @@ def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path
     kw = {"n_train": 2, "n_test": 1, "seed": 3, "shape": (16, 16, 16), "progress": False}
     task = make_synthetic_task(tmp_path / "root", **kw)
     user = tmp_path / "user"
-    user.mkdir()
     linked = {"dataset.json": task / "dataset.json", "image": task / "imagesTr" / "synmri_000.nii.gz",
               "label": task / "labelsTr" / "synmri_001.nii.gz", "test": task / "imagesTs" / "synmri_002.nii.gz"}
-    for name, path in linked.items():
-        (user / name).write_bytes(f"the user's {name}".encode())
-        path.unlink()
-        path.symlink_to(user / name)
+    link_out(linked, user)
     old_umask = os.umask(0o022)
     try:
         make_synthetic_task(tmp_path / "root", **kw)
     finally:
         os.umask(old_umask)
-    for name, path in linked.items():
-        assert not path.is_symlink() and path.is_file(), path
+    assert_links_replaced(linked, user, task)
+    for path in linked.values():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644  # a new file's mode, not mkstemp's 0600
-        assert (user / name).read_bytes() == f"the user's {name}".encode()
     _, label, _ = synthesize_case([3, 0, 1], shape=(16, 16, 16))
     assert np.array_equal(np.asanyarray(nib.load(str(linked["label"])).dataobj), label)
     assert json.loads(linked["dataset.json"].read_text())["numTraining"] == 2
     assert load_task(task, strict=True).num_classes == 3
-    for folder in (task, *(task / sub for sub in ("imagesTr", "labelsTr", "imagesTs"))):
-        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # no temporary left

@@ -157,12 +157,18 @@ def changed_entries(a: dict, b: dict) -> list[str]:
                    if not torch.equal(x, y)})
 
 
-def test_save_load_round_trip_carries_a_checksum_per_entry(tmp_path):
+def one_step_trained() -> tuple[MedNeXt, torch.optim.Optimizer]:
+    """A small seeded MedNeXt after one AdamW step, so its optimizer state holds tensors."""
     torch.manual_seed(0)
     model = MedNeXt(small())
     opt = torch.optim.AdamW(model.parameters())
     model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
     opt.step()
+    return model, opt
+
+
+def test_save_load_round_trip_carries_a_checksum_per_entry(tmp_path):
+    model, opt = one_step_trained()
     path = save_checkpoint(tmp_path / "last.pt", model, optimizer=opt.state_dict(), epoch=3)
     ckpt = load_checkpoint(path)
     assert set(ckpt["checksum"]["sha256"]) == {"state_dict", "optimizer"}  # the entries that hold tensors
@@ -182,11 +188,7 @@ def test_save_load_round_trip_carries_a_checksum_per_entry(tmp_path):
 
 @pytest.mark.parametrize("which", ["state_dict", "optimizer"])
 def test_a_flipped_bit_in_tensor_data_is_refused(tmp_path, which):
-    torch.manual_seed(0)
-    model = MedNeXt(small())
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
-    opt.step()
+    model, opt = one_step_trained()
     path = save_checkpoint(tmp_path / "best.pt", model, optimizer=opt.state_dict())
     before = torch.load(path, weights_only=True)
     # storages are numbered in pickling order: the weights' first, then the optimizer's
@@ -247,11 +249,7 @@ def test_a_flipped_byte_in_a_stored_setting_is_refused(tmp_path):
 
 
 def test_entry_checksums_cover_what_load_returns_and_older_files_still_load(tmp_path):
-    torch.manual_seed(0)
-    model = MedNeXt(small())
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(1, 2, 32, 32, 32))[0].sum().backward()
-    opt.step()
+    model, opt = one_step_trained()
     extra = {"optimizer": opt.state_dict(), "epoch": 3, "history": [{"loss": 0.5, "dice": float("nan")}],
              "train_config": {"patch_size": (32, 32, 32), "spacing": None, "resume": False}, "names": ("a", "b")}
     path = save_checkpoint(tmp_path / "a.pt", model, **extra)

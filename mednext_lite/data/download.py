@@ -300,6 +300,14 @@ def _receive(opener: urllib.request.OpenerDirector, request: urllib.request.Requ
             raise ConnectionError(f"connection closed after {have + got} of {total} bytes")
 
 
+def _set_aside(part: Path, dest: Path, suffix: str) -> Path:
+    """Move a finished but unusable download to ``dest + suffix`` (kept for the user to inspect, never
+    deleted, never in the way of the next attempt) and return where it went."""
+    bad = dest.with_name(dest.name + suffix)
+    os.replace(part, bad)
+    return bad
+
+
 def fetch_archive(
     url: str,
     dest: str | os.PathLike,
@@ -361,8 +369,7 @@ def fetch_archive(
             log.warning("download interrupted (%s); resuming, attempt %d of %d", err, attempt, retries)
             time.sleep(min(2.0 ** attempt * 0.1, 5.0))
     if md5 and not _md5_ok(part, md5):
-        bad = dest.with_name(dest.name + ".md5-mismatch")
-        os.replace(part, bad)
+        bad = _set_aside(part, dest, ".md5-mismatch")
         raise DownloadError(
             f"MD5 of the file downloaded from {url} is not {md5}; it was kept as {bad} and nothing "
             f"else was touched. Delete {bad} and run again; if it fails again the server holds a "
@@ -373,8 +380,7 @@ def fetch_archive(
         # finds it complete (HTTP 416) and goes on without fetching a byte.
         problem = _incomplete_reason(part, limits, f"{dest.name} (downloaded from {url}, kept as {part})")
         if problem is not None:
-            bad = dest.with_name(dest.name + ".damaged")
-            os.replace(part, bad)
+            bad = _set_aside(part, dest, ".damaged")
             raise DownloadError(
                 f"the archive downloaded from {url} is not a complete tar ({problem}) and no MD5 was given to "
                 f"check it; it was kept as {bad} and nothing was extracted. Run again to download a fresh copy; "
