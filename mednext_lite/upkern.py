@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import load_checkpoint, state_dict_of
+
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -73,12 +75,8 @@ def _source_state(source: nn.Module | dict | str | Path) -> dict[str, torch.Tens
     if isinstance(source, nn.Module):
         return source.state_dict()
     if isinstance(source, (str, Path)):
-        from .interop import load_checkpoint, state_dict_of
-
         return state_dict_of(load_checkpoint(source))
     if isinstance(source, dict):
-        from .interop import state_dict_of
-
         return state_dict_of(source)
     raise TypeError(f"source must be a model, a state dict or a checkpoint path, got {type(source).__name__}")
 

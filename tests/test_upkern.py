@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mednext_lite import MedNeXt, MedNeXtConfig
-from mednext_lite.interop import save_checkpoint
+from mednext_lite.checkpoint import save_checkpoint
 from mednext_lite.upkern import UpKernError, upkern, upkern_tensor
 
 
