@@ -10,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from mednext_lite.checkpoint import load_checkpoint
 from mednext_lite.cli import main
-from mednext_lite.train import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -83,8 +83,8 @@ def test_train_predict_evaluate_end_to_end(tmp_path, capsys):
 
 
 def test_predict_patch_flag_and_missing_input(tmp_path, capsys):
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.data.synthetic import make_synthetic_task
-    from mednext_lite.interop import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     task = make_synthetic_task(tmp_path / "data", n_train=2, n_test=1, shape=(32, 32, 24), progress=False)
@@ -105,8 +105,8 @@ def test_predict_patch_flag_and_missing_input(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A synthetic task and a saved (untrained) base-width-4 checkpoint for it."""
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.data.synthetic import make_synthetic_task
-    from mednext_lite.interop import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     root = tmp_path_factory.mktemp("tiny")
@@ -180,7 +180,7 @@ def test_predict_refuses_non_finite_voxels_unless_asked_to_clean_them(tiny, tmp_
 def test_predict_refuses_a_checkpoint_with_nan_weights(tiny, tmp_path, capsys):
     import torch
 
-    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     model = MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=3))
@@ -257,60 +257,13 @@ def test_every_bad_input_ends_in_one_line_naming_it(tiny, tmp_path, capsys):
 
     half = tmp_path / "half.pt"
     ckpt = torch.load(tiny[1], weights_only=True)
-    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     model = MedNeXt(MedNeXtConfig.from_dict(ckpt["config"]))
     save_checkpoint(half, model.half())
     args[args.index("--checkpoint") + 1] = str(half)
     assert main(args) == 0
-
-
-def test_error_line_classes(tmp_path):
-    """Real exceptions of each class a user can cause map to one line and exit status 2; anything
-    else is a bug (exit 1) and says how to get the traceback."""
-    import tarfile
-    import zlib
-
-    import torch
-    from monai.transforms import Compose, LoadImaged
-
-    from mednext_lite.cli import error_line
-    from mednext_lite.data.download import DownloadError
-
-    def raised(fn):
-        try:
-            fn()
-        except BaseException as err:  # noqa: BLE001 -- collecting the real exception object
-            return err
-        raise AssertionError("did not raise")
-
-    (tmp_path / "x.tar").write_bytes(b"not a tar archive at all" * 40)
-    (tmp_path / "t.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 30)
-    cases = {
-        "memory": (raised(lambda: np.empty(2**62, np.uint8)), "out of memory"),
-        "missing": (raised(lambda: open(tmp_path / "missing.nii.gz", "rb")), "no such file or folder"),  # noqa: SIM115
-        "folder": (raised(lambda: open(tmp_path, "rb")), "is a folder where a file is needed"),  # noqa: SIM115
-        "tar": (raised(lambda: tarfile.open(tmp_path / "x.tar")), "truncated or damaged; download"),  # noqa: SIM115
-        "zlib": (raised(lambda: zlib.decompress(b"garbage")), "truncated or damaged"),
-        "monai": (raised(lambda: Compose([LoadImaged(keys="image")])({"image": str(tmp_path / "t.nii.gz")})), "t.nii.gz"),
-        "torch": (raised(lambda: torch.zeros(2, 3) @ torch.zeros(2, 3)), "check the inputs and flags"),
-        "channels": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 2, 8, 8, 8))), "to have 1 channels"),
-        "dtype": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 1, 8, 8, 8).half())), "type the model cannot"),
-        "classes": (raised(lambda: torch.nn.functional.one_hot(torch.tensor([5]), 3)), "Class values must be smaller"),
-        "module": (raised(lambda: __import__("no_such_module_here")), "pip install no_such_module_here"),
-        "download": (DownloadError("archive x.tar: MD5 mismatch: delete it and download again"), "MD5 mismatch"),
-    }
-    for name, (err, words) in cases.items():
-        line, status = error_line(err)
-        assert status == 2 and words in line and "\n" not in line, (name, line)
-    # Anything else is a bug, whatever its class: a RuntimeError torch raises for a mistake in our
-    # code, an import of our own module that fails.
-    bugs = [raised(lambda: [].pop()), raised(lambda: torch.zeros(2).backward()),
-            ImportError("cannot import name 'x' from 'mednext_lite.y'", name="mednext_lite.y")]
-    for err in bugs:
-        line, status = error_line(err)
-        assert status == 1 and "this is a bug" in line and "--debug" in line and "\n" not in line, line
 
 
 def test_cli_boundary_in_a_real_process(tiny, tmp_path):
@@ -330,8 +283,8 @@ def test_cli_boundary_in_a_real_process(tiny, tmp_path):
 def test_predict_never_overwrites_labels_kept_in_a_folder_of_another_name(tmp_path, capsys):
     # dataset.json lists ./labels/...: `predict --input T/imagesTr --output T/labels --task T
     # --overwrite` used to replace every label.
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.data.synthetic import make_synthetic_task
-    from mednext_lite.interop import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     task = make_synthetic_task(tmp_path / "data", n_train=2, n_test=0, shape=(32, 32, 16), progress=False)
@@ -403,7 +356,7 @@ def test_threads_must_be_a_positive_whole_number(tmp_path, capsys, command, valu
 
 
 def test_a_checkpoint_with_a_patch_that_is_no_number_is_named(tiny, tmp_path, capsys):
-    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.model import MedNeXt, MedNeXtConfig
 
     task, _ = tiny

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import error_line
 from ..safe_io import UnsafePathError, atomic_write
 from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
 from .catalogue import (
@@ -182,21 +183,12 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-montage", type=int, default=4, help="cases drawn in the montage")
 
 
-def _one_line(text: object) -> str:
-    # A message listing several problems on several lines becomes one line of "; "-separated parts.
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
 def _user_error(err: BaseException) -> int:
-    """Print a failure the user can fix as one ``error:`` line on stderr; return exit status 2."""
-    if isinstance(err, KeyError) and err.args:
-        text = err.args[0]
-    elif isinstance(err, OSError) and err.filename is not None:
-        text = f"{err.strerror or err}: {err.filename}: check the path, its permissions and the free disk space"
-    else:
-        text = err
-    print(f"error: {_one_line(text)}", file=sys.stderr)
-    return 2
+    """Print a failure the user can fix as one ``error:`` line on stderr, worded by
+    :func:`mednext_lite.errors.error_line`; return its exit status (2)."""
+    line, status = error_line(err)
+    print(f"error: {line}", file=sys.stderr)
+    return status
 
 
 def _run_download(args: argparse.Namespace) -> int:

@@ -1,0 +1,74 @@
+"""Every error a user can cause becomes one line naming it with exit status 2; anything else is a bug (1)."""
+
+import numpy as np
+
+from mednext_lite.errors import error_line
+
+
+def test_error_line_classes(tmp_path):
+    """Real exceptions of each class a user can cause map to one line and exit status 2; anything
+    else is a bug (exit 1) and says how to get the traceback."""
+    import tarfile
+    import zlib
+
+    import torch
+    from monai.transforms import Compose, LoadImaged
+
+    from mednext_lite.data.download import DownloadError
+
+    def raised(fn):
+        try:
+            fn()
+        except BaseException as err:  # noqa: BLE001 -- collecting the real exception object
+            return err
+        raise AssertionError("did not raise")
+
+    (tmp_path / "x.tar").write_bytes(b"not a tar archive at all" * 40)
+    (tmp_path / "t.nii.gz").write_bytes(b"\x1f\x8b" + b"\0" * 30)
+    cases = {
+        "memory": (raised(lambda: np.empty(2**62, np.uint8)), "out of memory"),
+        "missing": (raised(lambda: open(tmp_path / "missing.nii.gz", "rb")), "no such file or folder"),  # noqa: SIM115
+        "folder": (raised(lambda: open(tmp_path, "rb")), "is a folder where a file is needed"),  # noqa: SIM115
+        "tar": (raised(lambda: tarfile.open(tmp_path / "x.tar")), "truncated or damaged; download"),  # noqa: SIM115
+        "zlib": (raised(lambda: zlib.decompress(b"garbage")), "truncated or damaged"),
+        "monai": (raised(lambda: Compose([LoadImaged(keys="image")])({"image": str(tmp_path / "t.nii.gz")})), "t.nii.gz"),
+        "torch": (raised(lambda: torch.zeros(2, 3) @ torch.zeros(2, 3)), "check the inputs and flags"),
+        "channels": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 2, 8, 8, 8))), "to have 1 channels"),
+        "dtype": (raised(lambda: torch.nn.Conv3d(1, 2, 3)(torch.zeros(1, 1, 8, 8, 8).half())), "type the model cannot"),
+        "classes": (raised(lambda: torch.nn.functional.one_hot(torch.tensor([5]), 3)), "Class values must be smaller"),
+        "module": (raised(lambda: __import__("no_such_module_here")), "pip install no_such_module_here"),
+        "download": (DownloadError("archive x.tar: MD5 mismatch: delete it and download again"), "MD5 mismatch"),
+    }
+    for name, (err, words) in cases.items():
+        line, status = error_line(err)
+        assert status == 2 and words in line and "\n" not in line, (name, line)
+    # Anything else is a bug, whatever its class: a RuntimeError torch raises for a mistake in our
+    # code, an import of our own module that fails.
+    bugs = [raised(lambda: [].pop()), raised(lambda: torch.zeros(2).backward()),
+            ImportError("cannot import name 'x' from 'mednext_lite.y'", name="mednext_lite.y")]
+    for err in bugs:
+        line, status = error_line(err)
+        assert status == 1 and "this is a bug" in line and "--debug" in line and "\n" not in line, line
+
+
+def test_a_task_failing_validation_lists_every_problem_on_its_own_line(tmp_path):
+    from mednext_lite.data.dataset import DatasetError
+
+    err = DatasetError(tmp_path, ["imagesTr/a.nii.gz: missing", "labelsTr/b.nii.gz: shape (2, 2, 2)\nvs (3, 3, 3)"])
+    line, status = error_line(err)
+    assert status == 2
+    assert line.splitlines() == [f"2 problem(s) in task {tmp_path}, fix each to use it:",
+                                 "  - imagesTr/a.nii.gz: missing",
+                                 "  - labelsTr/b.nii.gz: shape (2, 2, 2); vs (3, 3, 3)"]
+
+
+def test_recognising_an_error_imports_neither_nibabel_nor_the_data_package():
+    # Their exceptions are looked up among the modules already imported: one that is not loaded
+    # cannot have raised anything.
+    import subprocess
+    import sys
+
+    code = ("import sys, mednext_lite.errors as e; line, status = e.error_line(ValueError('x'));"
+            "print(status, sorted(m for m in ('nibabel', 'mednext_lite.data', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split(maxsplit=1) == ["2", "[]\n"]
