@@ -100,7 +100,7 @@ def _translate(key: str, layout: _Layout) -> tuple[bool, str | None]:
             continue
         if target is None:
             return True, None
-        stage = int(found[1]) if found.re.groups > 1 else 0
+        stage = int(found[1]) if found.re.groups > 1 else 0  # a prefix without a number has only `rest`
         rest = found["rest"]
         for theirs, ours in layout.params.items():
             if rest == theirs or rest.endswith("." + theirs):
