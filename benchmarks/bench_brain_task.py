@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mednext_lite.data.baseline import threshold_baseline
     from mednext_lite.data.dataset import load_split, load_task
-    from mednext_lite.inference import evaluate_folder, predict_from_checkpoint
+    from mednext_lite.inference import predict_from_checkpoint
+    from mednext_lite.metrics import evaluate_folder
     from mednext_lite.safe_io import atomic_write
     from mednext_lite.train import TrainConfig, train
 

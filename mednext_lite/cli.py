@@ -300,7 +300,7 @@ def _add_evaluate(sub: Any) -> None:
 
 def _evaluate_command(args: argparse.Namespace) -> int:
     from .data.dataset import load_split, load_task
-    from .inference import evaluate_folder
+    from .metrics import evaluate_folder
 
     names, num_classes, labels, task_dirs = None, None, None, []
     if args.task:

@@ -881,7 +881,7 @@ def check_dice(fn: Callable[[np.ndarray, np.ndarray], float]) -> Feedback:
     empty (nothing to find, nothing found)."""
     from monai.metrics import compute_dice
 
-    from .inference import dice_scores
+    from .metrics import dice_scores
 
     name = "dice"
     rng = np.random.default_rng(0)
@@ -1050,7 +1050,7 @@ def _shortcut_ds_loss(outputs: Sequence[torch.Tensor], label: torch.Tensor, base
 
 
 def _shortcut_dice(p: np.ndarray, t: np.ndarray) -> float:
-    from .inference import dice_scores
+    from .metrics import dice_scores
 
     return float(dice_scores(torch.as_tensor(p[None, None]).long(), torch.as_tensor(t[None, None]).long(), 2)[0, 0])
 

@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .inference import _summarise, evaluate_model, window_size, write_csv
+from .inference import evaluate_model, window_size
 from .interop import (
     CheckpointError,
     load_checkpoint,
@@ -52,6 +52,7 @@ from .interop import (
     save_checkpoint,
 )
 from .losses import make_loss
+from .metrics import ScoreAccumulator, write_csv
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
 from .perf import fastest_settings, keep_freed_memory
 from .safe_io import atomic_write
@@ -771,20 +772,16 @@ class Trainer:
         over ranks; every rank returns the same numbers."""
         cfg = self.cfg
         names = [self.info.labels[i] for i in sorted(self.info.labels) if i != 0]
+        scores = ScoreAccumulator(self.info.num_classes, hd95=cfg.hd95)
         res = evaluate_model(self.model, self.val_ds, cfg.patch_size, self.info.num_classes, class_names=names,
-                             hd95=cfg.hd95, progress=self.is_main and cfg.progress, overlap=cfg.val_overlap,
-                             blend=cfg.val_blend, sw_batch_size=cfg.sw_batch_size, device=self.device,
-                             amp=self.amp_dtype is not None)
+                             hd95=cfg.hd95, scores=scores, progress=self.is_main and cfg.progress,
+                             overlap=cfg.val_overlap, blend=cfg.val_blend, sw_batch_size=cfg.sw_batch_size,
+                             device=self.device, amp=self.amp_dtype is not None)
         if not self.distributed:
             return res
-        s = res["_sums"]
-        packed = torch.cat([s["dice"], s["hd"], s["hd_n"], torch.tensor([float(s["n"])], dtype=torch.float64)])
-        packed = packed.to(self.device if self.device.type == "cuda" else "cpu")
+        packed = scores.packed().to(self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(packed)
-        packed = packed.cpu()
-        k = len(names)
-        return _summarise(packed[:k], packed[-1].item(), packed[k:2 * k] if cfg.hd95 else None,
-                          packed[2 * k:3 * k] if cfg.hd95 else None, names)
+        return ScoreAccumulator.unpack(packed, self.info.num_classes, cfg.hd95).summary(names)
 
     def fit(self) -> TrainResult:
         """Train to ``cfg.epochs`` (continuing from ``last.pt`` with ``resume``); return the result."""

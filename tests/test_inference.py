@@ -1,29 +1,30 @@
-"""Inference: sliding-window stitching, 2D-on-3D, Dice numbers, NIfTI geometry round trip
-(non-trivial affine, foreground cropping, reorientation) and folder evaluation."""
+"""Prediction: sliding-window stitching, 2D-on-3D, NIfTI geometry round trip (non-trivial affine,
+foreground cropping, reorientation), checkpoint settings, and refusals before any work."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from label_files import mini_task, tree_bytes, write_nifti
 from torch import nn
 
+from mednext_lite.checkpoint import save_checkpoint
 from mednext_lite.data.dataset import load_task
 from mednext_lite.data.transforms import get_transforms
 from mednext_lite.inference import (
-    dice_scores,
-    evaluate_folder,
-    hd95_scores,
+    evaluate_model,
     predict_files,
+    predict_from_checkpoint,
     sliding_window_logits,
     window_size,
 )
+from mednext_lite.metrics import ScoreAccumulator
 from mednext_lite.model import MedNeXt, MedNeXtConfig
 
 
@@ -79,21 +80,38 @@ def test_2d_model_predicts_a_volume_slice_by_slice():
     assert torch.allclose(sliding_window_logits(net, vol, (16, 16))[:, 1], vol[:, 0], atol=1e-5)
 
 
-def test_dice_and_hd95_numbers():
-    label = torch.zeros(1, 1, 10, 10, 10, dtype=torch.long)
-    label[0, 0, :5] = 1
-    label[0, 0, 8:] = 2
-    pred = label.clone()
-    pred[0, 0, 4] = 0  # class 1: 400 of 500 voxels found -> Dice 800/900
-    d = dice_scores(pred, label, 3)
-    assert d.shape == (1, 2)
-    assert d[0, 0].item() == pytest.approx(800 / 900)
-    assert d[0, 1].item() == pytest.approx(1.0)
-    # A class absent from both counts as perfect, never NaN.
-    assert dice_scores(torch.zeros_like(label), torch.zeros_like(label), 3).tolist() == [[1.0, 1.0]]
-    h = hd95_scores(pred, label, 3, spacing=(2.0, 1.0, 1.0))
-    assert h[0, 1].item() == pytest.approx(0.0)
-    assert h[0, 0].item() == pytest.approx(2.0)  # the missing slab is one voxel of 2 mm along x
+def test_any_callable_predicts_through_the_same_window_given_its_dimensionality():
+    # An exported network's runtime is a plain function: it says its dimensionality itself.
+    vol = torch.randn(1, 1, 20, 35, 7)
+    out = sliding_window_logits(lambda x: torch.cat([-x, x], dim=1), vol, 16, spatial_dims=3)
+    assert out.shape == (1, 2, 20, 35, 7) and torch.allclose(out[:, 1], vol[:, 0], atol=1e-5)
+    seen: list[int] = []
+
+    def slices(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.ndim)
+        return torch.cat([-x, x], dim=1)
+
+    out = sliding_window_logits(slices, vol, (16, 16), spatial_dims=2)
+    assert set(seen) == {4} and torch.allclose(out[:, 1], vol[:, 0], atol=1e-5)
+    with pytest.raises(ValueError, match="pass spatial_dims=2 or spatial_dims=3"):
+        sliding_window_logits(slices, vol, 16)
+
+
+def test_evaluate_model_adds_every_case_into_the_given_scores():
+    image = -torch.ones(1, 16, 16, 16)
+    image[:, :8] = 1.0  # PointwiseNet predicts class 1 on these 2048 voxels
+    half = torch.zeros(1, 16, 16, 16, dtype=torch.long)
+    half[:, :4] = 1  # 1024 of them are class 1: Dice 2 * 1024 / 3072
+    items = [{"image": image, "label": half}, {"image": image, "label": (image > 0).long()}]
+    scores = ScoreAccumulator(3)
+    res = evaluate_model(PointwiseNet(), items, 16, 3, scores=scores, progress=False)
+    assert res["n"] == 2 and scores.n == 2 and "_sums" not in res
+    assert res["dice"] == pytest.approx({"class1": (2 / 3 + 1) / 2, "class2": 1.0})
+    assert [d for c in res["cases"] for d in c["dice"]] == pytest.approx([2 / 3, 1.0, 1.0, 1.0])
+    assert ScoreAccumulator.unpack(scores.packed(), 3, hd95=False).summary(["class1", "class2"]) == {
+        k: res[k] for k in ("dice", "mean_dice", "n")}
+    with pytest.raises(ValueError, match=r"pass ScoreAccumulator\(3, hd95=False\)"):
+        evaluate_model(PointwiseNet(), items, 16, 3, scores=ScoreAccumulator(3, hd95=True), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -151,30 +169,6 @@ def test_predict_with_a_real_model_and_resampling(task, tmp_path):
     assert set(np.unique(np.asanyarray(written.dataobj))) <= {0, 1, 2}
 
 
-def test_evaluate_folder(tmp_path):
-    labels_dir, pred_dir = tmp_path / "labels", tmp_path / "pred"
-    labels_dir.mkdir()
-    pred_dir.mkdir()
-    affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    ref = np.zeros((10, 10, 10), np.uint8)
-    ref[:5] = 1
-    ref[8:] = 2
-    pred = ref.copy()
-    pred[4] = 0
-    nib.save(nib.Nifti1Image(ref, affine), str(labels_dir / "a.nii.gz"))
-    nib.save(nib.Nifti1Image(pred, affine), str(pred_dir / "a.nii.gz"))
-    res = evaluate_folder(pred_dir, [labels_dir / "a.nii.gz"], 3, class_names=["head", "tail"], hd95=True,
-                          out_json=tmp_path / "ev.json")
-    assert res["dice"]["head"] == pytest.approx(800 / 900)
-    assert res["dice"]["tail"] == pytest.approx(1.0)
-    assert res["mean_dice"] == pytest.approx((800 / 900 + 1) / 2)
-    assert res["hd95"]["head"] == pytest.approx(1.0)
-    assert (tmp_path / "ev.json").is_file() and (tmp_path / "ev.csv").is_file()
-    nib.save(nib.Nifti1Image(ref, affine), str(labels_dir / "b.nii.gz"))
-    with pytest.raises(ValueError, match="no prediction"):
-        evaluate_folder(pred_dir, [labels_dir / "b.nii.gz"], 3)
-
-
 def test_predict_multimodal_4d_input_writes_a_3d_label_map(tmp_path):
     from mednext_lite.data.synthetic import make_synthetic_task
 
@@ -191,129 +185,18 @@ def test_predict_multimodal_4d_input_writes_a_3d_label_map(tmp_path):
     assert written.shape == original.shape[:3] and np.allclose(written.affine, original.affine)
 
 
-# -- outputs never touch inputs ---------------------------------------------------------------
-
-def _nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
-    return path
-
-
-def _mini_task(root: Path) -> Path:
-    """An MSD-layout folder with one training case and one test image."""
-    rng = np.random.default_rng(0)
-    for sub in ("imagesTr", "imagesTs"):
-        _nifti(root / sub / "case_001.nii.gz", rng.normal(size=(16, 16, 16)).astype(np.float32))
-    _nifti(root / "labelsTr" / "case_001.nii.gz", (rng.random((16, 16, 16)) > 0.5).astype(np.uint8))
-    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "fg"}, "modality": {"0": "MRI"}, '
-                                       '"training": [{"image": "./imagesTr/case_001.nii.gz", '
-                                       '"label": "./labelsTr/case_001.nii.gz"}], "test": ["./imagesTs/case_001.nii.gz"]}')
-    return root
-
-
-def _tree_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_plan_outputs_refuses_every_output_that_could_touch_an_input(tmp_path):
-    from mednext_lite.inference import plan_outputs
-
-    task = _mini_task(tmp_path / "Task99")
-    image = task / "imagesTs" / "case_001.nii.gz"
-    elsewhere = _nifti(tmp_path / "scans" / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
-    refused = {
-        tmp_path / "scans": "is the input folder",
-        tmp_path / "scans" / "sub": "is inside the input folder",
-        tmp_path: "contains the input folder",
-    }
-    for out, words in refused.items():
-        with pytest.raises(ValueError, match=words):
-            plan_outputs([elsewhere], out)
-    for out in (task / "imagesTs", task / "labelsTr"):  # the input's folder, and the labels beside it
-        with pytest.raises(ValueError, match=f"is {out}, a data folder of the task {task}"):
-            plan_outputs([image], out)
-    with pytest.raises(ValueError, match="contains .*imagesTs, a data folder of the task"):
-        plan_outputs([image], task)
-    # A task's data folder is recognised by its dataset.json even when no input comes from it,
-    # and the folders of an explicit task are guarded wherever the inputs are.
-    with pytest.raises(ValueError, match="is inside .*labelsTr, a data folder of the task"):
-        plan_outputs([elsewhere], task / "labelsTr" / "deeper")
-    with pytest.raises(ValueError, match="is .*unlisted.labelsTr, a data folder of the task .*unlisted"):
-        plan_outputs([elsewhere], tmp_path / "unlisted" / "labelsTr", task_dirs=[tmp_path / "unlisted"])
-    (tmp_path / "link").symlink_to(tmp_path / "scans")
-    with pytest.raises(ValueError, match="is the input folder"):
-        plan_outputs([elsewhere], tmp_path / "link")
-    with pytest.raises(ValueError, match="is the input folder"):
-        plan_outputs([elsewhere], tmp_path / "other", protected=[tmp_path / "other"])
-    # Fine: a folder of its own; the same file named twice is predicted once.
-    plan = plan_outputs([elsewhere, tmp_path / "scans" / ".." / "scans" / "a.nii.gz"], tmp_path / "pred", suffix="_s")
-    assert plan == [(elsewhere, tmp_path / "pred" / "a_s.nii.gz")]
-
-
-def _renamed_task(root: Path) -> Path:
-    """A task whose dataset.json keeps its data in folders of its own naming: images in scans/,
-    labels in labels/, test images in holdout/; a label that is a link into a store elsewhere."""
-    rng = np.random.default_rng(0)
-    for i in (1, 2):
-        _nifti(root / "scans" / f"c{i}.nii.gz", rng.normal(size=(8, 8, 8)).astype(np.float32))
-        _nifti(root / "labels" / f"c{i}.nii.gz", (rng.random((8, 8, 8)) > 0.5).astype(np.uint8))
-    _nifti(root / "holdout" / "t1.nii.gz", rng.normal(size=(8, 8, 8)).astype(np.float32))
-    _nifti(root.parent / "store" / "c3.nii.gz", np.zeros((8, 8, 8), np.uint8))
-    (root / "labels" / "c3.nii.gz").symlink_to(root.parent / "store" / "c3.nii.gz")
-    _nifti(root / "scans" / "c3.nii.gz", np.zeros((8, 8, 8), np.float32))
-    meta = {"labels": {"0": "background", "1": "fg"}, "modality": {"0": "MRI"},
-            "training": [{"image": f"./scans/c{i}.nii.gz", "label": f"./labels/c{i}.nii.gz"} for i in (1, 2, 3)],
-            "test": ["./holdout/t1.nii.gz"]}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
-
-def test_plan_outputs_guards_every_folder_a_task_lists_whatever_its_name(tmp_path):
-    # Only folders literally named imagesTr/labelsTr/imagesTs used to be guarded: predicting the
-    # images of a task that keeps its labels in labels/ into labels/ replaced every label.
-    from mednext_lite.inference import plan_outputs
-
-    task = _renamed_task(tmp_path / "T")
-    before = _tree_bytes(task)
-    images = sorted((task / "scans").glob("*.nii.gz"))
-    outside = _nifti(tmp_path / "in" / "x.nii.gz", np.zeros((8, 8, 8), np.float32))
-    for out in (task / "labels", task / "holdout", task / "labels" / "deeper", tmp_path / "store"):
-        how = "is inside" if out.name == "deeper" else "is"
-        folder = out.parent if out.name == "deeper" else out
-        # found as the task of the inputs, as the task above the output, and as the given task
-        for inputs, tasks in ((images, []), ([outside], []), ([outside], [task])):
-            if out.parent == tmp_path and not tasks:
-                continue  # the store lies outside the task: only a known task guards it
-            with pytest.raises(ValueError, match=f"{how} {folder}, a data folder of the task {task}"):
-                plan_outputs(inputs, out, overwrite=True, task_dirs=tasks)
-    # A link to a data folder is that folder; the name rule ignores case (one folder on macOS).
-    (tmp_path / "alias").symlink_to(task / "labels")
-    with pytest.raises(ValueError, match=f"is {task / 'labels'}, a data folder"):
-        plan_outputs([outside], tmp_path / "alias", task_dirs=[task])
-    with pytest.raises(ValueError, match="LABELSTR, a data folder of the task"):
-        plan_outputs([outside], task / "LABELSTR")
-    assert _tree_bytes(task) == before
-    # The message's suggestion is a folder the plan accepts.
-    with pytest.raises(ValueError, match="e.g. ") as err:
-        plan_outputs(images, task / "labels")
-    suggested = Path(str(err.value).rsplit("e.g. ", 1)[1])
-    assert suggested == task / "predictions" and plan_outputs(images, suggested)
-
 
 def test_the_checkpoints_task_is_guarded_too(tmp_path):
-    from mednext_lite.inference import predict_from_checkpoint
-    from mednext_lite.interop import save_checkpoint
-
     # The checkpoint's task keeps labels outside its folder (a layout the reader refuses, but the
     # guard protects what it lists all the same); nothing else says these files are a task's.
-    task = _mini_task(tmp_path / "T")
+    task = mini_task(tmp_path / "T")
     meta = json.loads((task / "dataset.json").read_text())
     meta["training"].append({"image": "./imagesTr/case_001.nii.gz", "label": "../shared_labels/case_002.nii.gz"})
     (task / "dataset.json").write_text(json.dumps(meta))
-    _nifti(tmp_path / "shared_labels" / "case_002.nii.gz", np.zeros((16, 16, 16), np.uint8))
+    write_nifti(tmp_path / "shared_labels" / "case_002.nii.gz", np.zeros((16, 16, 16), np.uint8))
     ckpt = save_checkpoint(tmp_path / "m.pt", MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=2)),
                            train_config={"task_dir": str(task), "patch_size": [16, 16, 16]})
-    image = _nifti(tmp_path / "in" / "case_002.nii.gz", np.zeros((16, 16, 16), np.float32))
+    image = write_nifti(tmp_path / "in" / "case_002.nii.gz", np.zeros((16, 16, 16), np.float32))
     before = (tmp_path / "shared_labels" / "case_002.nii.gz").read_bytes()
     with pytest.raises(ValueError, match=f"is {tmp_path / 'shared_labels'}, a data folder of the task {task}"):
         predict_from_checkpoint(ckpt, [image], tmp_path / "shared_labels", overwrite=True, device="cpu", progress=False)
@@ -321,12 +204,9 @@ def test_the_checkpoints_task_is_guarded_too(tmp_path):
 
 
 def test_a_checkpoint_setting_of_the_wrong_kind_is_named_with_the_file(tmp_path):
-    from mednext_lite.inference import predict_from_checkpoint
-    from mednext_lite.interop import save_checkpoint
-
-    task = _mini_task(tmp_path / "T")
+    task = mini_task(tmp_path / "T")
     model = MedNeXt(MedNeXtConfig(base_width=4, block_counts=1, num_classes=2))
-    image = _nifti(tmp_path / "in" / "a.nii.gz", np.zeros((16, 16, 16), np.float32))
+    image = write_nifti(tmp_path / "in" / "a.nii.gz", np.zeros((16, 16, 16), np.float32))
     bad = {"patch_size": (["16", "x", 16], (r"train_config\.patch_size = \['16', 'x', 16\] is not a list of "
                                             r"positive whole numbers.*--patch")),
            "spacing": ([1.0, float("nan"), 1.0], r"train_config\.spacing = \[1\.0, nan, 1\.0\].*--spacing"),
@@ -339,38 +219,16 @@ def test_a_checkpoint_setting_of_the_wrong_kind_is_named_with_the_file(tmp_path)
     assert not (tmp_path / "pred").exists()
 
 
-def test_plan_outputs_refuses_collisions_and_existing_files(tmp_path):
-    from mednext_lite.inference import plan_outputs
-
-    data = np.zeros((4, 4, 4), np.float32)
-    dup = [_nifti(tmp_path / "in" / "dup.nii", data), _nifti(tmp_path / "in" / "dup.nii.gz", data),
-           _nifti(tmp_path / "in" / "Case.nii.gz", data), _nifti(tmp_path / "in" / "case.nii.gz", data)]
-    with pytest.raises(ValueError, match="2 output name collision") as err:
-        plan_outputs(dup, tmp_path / "pred")
-    assert all(str(p) in str(err.value) for p in dup)
-    out = tmp_path / "pred"
-    out.mkdir()
-    (out / "dup.nii.gz").write_bytes(b"earlier result")
-    with pytest.raises(ValueError, match=r"1 output file\(s\) exist already .*--overwrite"):
-        plan_outputs(dup[:1], out)
-    assert plan_outputs(dup[:1], out, overwrite=True) == [(dup[0], out / "dup.nii.gz")]
-    (out / "case.nii.gz").mkdir()
-    with pytest.raises(ValueError, match="not a regular file"):
-        plan_outputs(dup[3:], out, overwrite=True)
-    with pytest.raises(ValueError, match="is not a folder"):
-        plan_outputs(dup[:1], out / "dup.nii.gz")
-
-
 def test_predict_refuses_before_any_work_and_leaves_inputs_bit_identical(task, tmp_path):
     info = load_task(task, validate=False)
     tf = get_transforms(info, mode="infer", patch_size=(16, 16, 16))
     inputs = tmp_path / "in"
     _oblique_image(inputs / "a.nii.gz")
-    before = _tree_bytes(inputs)
+    before = tree_bytes(inputs)
     net = PointwiseNet()
     with pytest.raises(ValueError, match="is the input folder"):
         predict_files(net, [inputs / "a.nii.gz"], inputs, tf, 16, progress=False)
-    assert net.calls == 0 and _tree_bytes(inputs) == before
+    assert net.calls == 0 and tree_bytes(inputs) == before
     # With overwrite, a link at an output path is replaced by a regular file, never written through.
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -387,7 +245,7 @@ def test_non_finite_voxels_are_refused_or_cleaned_by_request(task, tmp_path):
     good, affine = _oblique_image(tmp_path / "in" / "good.nii.gz")
     bad = good.copy()
     bad[10, 10, 10], bad[11, 12, 5], bad[5, 5, 5] = np.nan, np.inf, -np.inf
-    _nifti(tmp_path / "in" / "bad.nii.gz", bad, affine)
+    write_nifti(tmp_path / "in" / "bad.nii.gz", bad, affine)
     files = [tmp_path / "in" / "good.nii.gz", tmp_path / "in" / "bad.nii.gz"]
     net = PointwiseNet()
     # The second file's NaN stops the batch before the first case is predicted or written.
@@ -399,124 +257,8 @@ def test_non_finite_voxels_are_refused_or_cleaned_by_request(task, tmp_path):
     assert lines == [f"{files[1]}: replaced 3 non-finite voxel value(s) with 0 (--nan-to-num)"]
     cleaned = bad.copy()
     cleaned[~np.isfinite(cleaned)] = 0.0
-    (ref,) = predict_files(net, [_nifti(tmp_path / "in2" / "bad.nii.gz", cleaned, affine)], tmp_path / "ref", tf, 16,
+    (ref,) = predict_files(net, [write_nifti(tmp_path / "in2" / "bad.nii.gz", cleaned, affine)], tmp_path / "ref", tf, 16,
                            progress=False)
     assert np.array_equal(np.asanyarray(nib.load(str(written[1])).dataobj), np.asanyarray(nib.load(str(ref)).dataobj))
     with pytest.raises(ValueError, match="finite number"):
         predict_files(net, files, tmp_path / "p3", tf, 16, nan_to_num=float("nan"), progress=False)
-
-
-def test_inputs_the_model_cannot_take_are_named_with_their_shape(tmp_path):
-    from mednext_lite.inference import check_input_image
-    from mednext_lite.safe_io import MAX_VOXELS
-
-    flat = _nifti(tmp_path / "flat.nii.gz", np.zeros((40, 30), np.float32))
-    with pytest.raises(ValueError, match=r"flat\.nii\.gz: shape \(40, 30\) is a 2D image but this 3D model"):
-        check_input_image(flat, 3, 1)
-    with pytest.raises(ValueError, match=r"one-slice volume of shape \(40, 30, 1\)"):
-        check_input_image(flat, 2, 1)
-    two = _nifti(tmp_path / "two.nii.gz", np.zeros((8, 8, 8, 2), np.float32))
-    with pytest.raises(ValueError, match=r"shape \(8, 8, 8, 2\) does not fit.*needs a volume \(x, y, z\)"):
-        check_input_image(two, 3, 1)
-    assert check_input_image(two, 3, 2).shape == (8, 8, 8, 2)
-    with pytest.raises(ValueError, match="not a readable NIfTI"):
-        check_input_image(tmp_path / "missing.nii.gz")
-    huge = _nifti(tmp_path / "huge.nii", np.zeros((2, 2, 2), np.float32))
-    raw = bytearray(huge.read_bytes())
-    raw[40:56] = np.array([3, 32767, 32767, 32767, 1, 1, 1, 1], "<i2").tobytes()  # dim[] of the header
-    huge.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=rf"32767, 32767, 32767.*above the limit of {MAX_VOXELS:,}"):
-        check_input_image(huge)
-
-
-# -- evaluation is geometric --------------------------------------------------------------------
-
-def _geometry_case(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
-    ref = np.zeros((12, 10, 8), np.uint8)
-    ref[2:5, 3:8, 1:6] = 1  # off-centre, so a flip moves it
-    ref[7:11, 1:4, 2:7] = 2
-    affine = np.array([[1.5, 0, 0, -20.0], [0, 1.0, 0, 5.0], [0, 0, 2.0, 30.0], [0, 0, 0, 1]])
-    return _nifti(tmp_path / "labels" / "c.nii.gz", ref, affine), ref, affine
-
-
-def test_evaluate_refuses_predictions_on_another_grid_and_resamples_on_request(tmp_path):
-    label, ref, affine = _geometry_case(tmp_path)
-    # The same segmentation in world space, stored with axis 0 reversed.
-    flip = np.eye(4)
-    flip[0, 0], flip[0, 3] = -1, ref.shape[0] - 1
-    cases = {
-        "world_equal": (ref[::-1].copy(), affine @ flip, "axis direction axis 0 \\(-1, 0, 0\\) vs \\(1, 0, 0\\)"),
-        "naive_flip": (ref.copy(), affine @ flip, "axis direction"),
-        "shifted": (ref.copy(), affine + np.pad(np.array([[0, 0, 0, 100.0]]), ((0, 3), (0, 0))),
-                    r"origin \(80, 5, 30\) vs \(-20, 5, 30\) mm"),
-        "spacing": (ref.copy(), affine @ np.diag([1, 1, 1.5, 1]), r"spacing \(1.5, 1, 3\) vs \(1.5, 1, 2\) mm"),
-    }
-    for name, (data, aff, words) in cases.items():
-        pred = _nifti(tmp_path / name / "c.nii.gz", data, aff)
-        with pytest.raises(ValueError, match=words) as err:
-            evaluate_folder(tmp_path / name, [label], 3)
-        assert str(pred) in str(err.value) and str(label) in str(err.value) and "--resample" in str(err.value)
-    res = evaluate_folder(tmp_path / "world_equal", [label], 3, resample=True, out_json=tmp_path / "ev.json")
-    assert res["dice"] == {"class1": 1.0, "class2": 1.0} and res["cases"][0]["resampled"] is True
-    naive = evaluate_folder(tmp_path / "naive_flip", [label], 3, resample=True)
-    assert naive["mean_dice"] < 0.5  # the mirrored structures barely overlap the truth
-    shifted = evaluate_folder(tmp_path / "shifted", [label], 3, resample=True)
-    assert shifted["mean_dice"] == pytest.approx(0.0)  # 100 mm away: nothing of it lands on the label grid
-    # Rounding in a stored affine is not a different grid.
-    _nifti(tmp_path / "rounded" / "c.nii.gz", ref, affine + 2e-4)
-    assert evaluate_folder(tmp_path / "rounded", [label], 3)["mean_dice"] == 1.0
-
-
-def test_evaluate_refuses_label_values_outside_the_classes(tmp_path):
-    label, ref, affine = _geometry_case(tmp_path)
-    pred = ref.copy()
-    pred[0, 0, 0] = 5
-    _nifti(tmp_path / "pred" / "c.nii.gz", pred, affine)
-    with pytest.raises(ValueError, match=r"c\.nii\.gz: holds label value\(s\) 5 outside 0\.\.2"):
-        evaluate_folder(tmp_path / "pred", [label], 3)
-    nan = ref.astype(np.float32)
-    nan[1, 1, 1] = np.nan
-    _nifti(tmp_path / "nan" / "c.nii.gz", nan, affine)
-    with pytest.raises(ValueError, match=r"1 label value\(s\) are not finite"):
-        evaluate_folder(tmp_path / "nan", [label], 3)
-
-
-def test_evaluate_refuses_to_score_labels_against_themselves(tmp_path):
-    # `evaluate --predictions T/labelsTr` used to report Dice 1.0 and write its report into labelsTr.
-    task = _renamed_task(tmp_path / "T")
-    labels = sorted((task / "labels").glob("c[12].nii.gz"))
-    before = _tree_bytes(task)
-    for pred_dir in (task / "labels", tmp_path / "alias"):
-        if pred_dir.name == "alias":
-            pred_dir.symlink_to(task / "labels")
-        with pytest.raises(ValueError, match=f"predictions folder {pred_dir} is {task / 'labels'}, a data folder of "
-                                             f"the task {task}.*Dice 1.0"):
-            evaluate_folder(pred_dir, labels, 2, out_json=pred_dir / "evaluation.json")
-    # A hard link to each label, in a folder of its own: the same file on disk.
-    (tmp_path / "pred").mkdir()
-    for label in labels:
-        os.link(label, tmp_path / "pred" / label.name)
-    with pytest.raises(ValueError, match=f"prediction {tmp_path / 'pred' / 'c1.nii.gz'} is the label file {labels[0]} "
-                                         "itself"):
-        evaluate_folder(tmp_path / "pred", labels, 2)
-    # Real predictions, but the report asked for inside the task's label folder.
-    for label in labels:
-        (tmp_path / "pred" / label.name).unlink()
-        (tmp_path / "pred" / label.name).write_bytes(label.read_bytes())
-    with pytest.raises(ValueError, match=f"report {task / 'labels' / 'ev.json'} would be written into "
-                                         f"{task / 'labels'}, a data folder"):
-        evaluate_folder(tmp_path / "pred", labels, 2, out_json=task / "labels" / "ev.json")
-    assert _tree_bytes(task) == before  # nothing written into the task
-    assert evaluate_folder(tmp_path / "pred", labels, 2, out_json=tmp_path / "ev.json")["mean_dice"] == 1.0
-
-
-def test_write_csv_fills_missing_cells(tmp_path):
-    import csv
-
-    from mednext_lite.inference import write_csv
-
-    path = write_csv(tmp_path / "t.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "dice": 0.75}])
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    assert rows == [{"epoch": "1", "loss": "0.5", "dice": ""}, {"epoch": "2", "loss": "0.25", "dice": "0.75"}]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

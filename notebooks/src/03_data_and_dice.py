@@ -55,8 +55,9 @@ from monai.transforms import (RandCropByPosNegLabeld, RandFlipd, RandGaussianNoi
 from mednext_lite import viz
 from mednext_lite.data import (dice_per_class, get_transforms, load_task, make_dataset, make_synthetic_task,
                                read_image, threshold_baseline)
-from mednext_lite.inference import dice_scores, sliding_window_logits
+from mednext_lite.inference import sliding_window_logits
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
+from mednext_lite.metrics import dice_scores
 from mednext_lite.model import MedNeXt
 from mednext_lite.notebooks import Lesson, sized
 
@@ -102,7 +103,7 @@ print(f"{info.name}: {len(info.training)} cases of {label0.shape} voxels, labels
 # It is 1 for a perfect match, 0 for no overlap, and it does not count the (usually huge) number of
 # voxels that both call background. Below, two discs on a 48 x 48 grid; every number in the formula is
 # counted from the picture, then checked against the package's two Dice functions
-# (`mednext_lite.data.dice_per_class` on NumPy maps, `mednext_lite.inference.dice_scores` through MONAI).
+# (`mednext_lite.data.dice_per_class` on NumPy maps, `mednext_lite.metrics.dice_scores` through MONAI).
 
 # %%
 yy, xx = np.meshgrid(np.arange(48), np.arange(48), indexing="ij")
