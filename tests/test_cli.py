@@ -276,7 +276,7 @@ def test_error_line_classes(tmp_path):
     from monai.transforms import Compose, LoadImaged
 
     from mednext_lite.cli import error_line
-    from mednext_lite.data.download import DownloadError
+    from mednext_lite.data.transfer import DownloadError
 
     def raised(fn):
         try:
