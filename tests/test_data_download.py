@@ -25,9 +25,9 @@ from mednext_lite.data import (
     resolve_data_dir,
     safe_extract,
 )
+from mednext_lite.data.archive import ArchiveLimitError, ExtractLimits
 from mednext_lite.data.catalogue import validate_task_name
 from mednext_lite.data.commands import download_main
-from mednext_lite.data.archive import ArchiveLimitError, ExtractLimits
 from mednext_lite.data.download import EXTRACTED_MARKER
 from mednext_lite.data.transfer import TransferLimits
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from mednext_lite.data.validate import load_task
 from mednext_lite.data.transforms import get_transforms
+from mednext_lite.data.validate import load_task
 from mednext_lite.inference import (
     dice_scores,
     evaluate_folder,

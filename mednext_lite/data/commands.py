@@ -1,8 +1,8 @@
-"""Command-line doors of the data layer: ``download``, ``synthesize`` and ``inspect``.
+"""Command-line doors of the data layer: ``download``, ``synthesize``, ``brain`` and ``inspect``.
 
 ``add_data_subcommands`` registers them on any argparse sub-parser set (the package CLI uses it
-for ``mednext-lite data ...``); ``download_main``, ``synthesize_main`` and ``inspect_main`` are
-the standalone entry points the scripts in ``data_scripts/`` call. ``summarize_task`` and
+for ``mednext-lite data ...``); ``download_main``, ``synthesize_main``, ``brain_main`` and
+``inspect_main`` are the standalone entry points the scripts in ``data_scripts/`` call. ``summarize_task`` and
 ``save_montage`` are the reusable halves of ``inspect``.
 """
 
@@ -29,6 +29,7 @@ from .validate import TaskReport, check_task
 
 __all__ = [
     "add_data_subcommands",
+    "brain_main",
     "download_main",
     "inspect_main",
     "save_montage",
