@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 #: archive's MD5, so a re-run can tell "complete" from "half-extracted" without re-reading data.
 EXTRACTED_MARKER = ".mednext_extracted"
 
+
 def _md5_ok(path: Path, md5: str | None) -> bool:
     # check_hash logs an error on mismatch; keep our own message as the one the user acts on.
     monai_log = logging.getLogger("monai.apps")
@@ -128,9 +129,9 @@ def download_task(
     ``url`` is given (it then names the task directory, and must be a plain folder name:
     ``validate_task_name``). ``url`` and ``md5`` override the catalogue, e.g. to use a mirror.
     ``transfer`` and ``limits`` bound the download's waiting and the extraction's size (see
-    :class:`TransferLimits`, :class:`ExtractLimits`; their defaults when None). Re-runs are cheap: a task directory that
-    finished extracting from an archive with the same MD5 is returned untouched, and a partial
-    download resumes.
+    :class:`TransferLimits`, :class:`ExtractLimits`; their defaults when None). Re-runs are
+    cheap: a task directory that finished extracting from an archive with the same MD5 is
+    returned untouched, and a partial download resumes.
     """
     root = resolve_data_dir(data_dir)
     limits = limits or ExtractLimits()
