@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     patch = tuple(args.patch) * args.spatial_dims if len(args.patch) == 1 else tuple(args.patch)
 
     from mednext_lite.data.baseline import threshold_baseline
-    from mednext_lite.data.dataset import load_split, load_task
+    from mednext_lite.data.splits import load_split
+    from mednext_lite.data.validate import load_task
     from mednext_lite.inference import predict_from_checkpoint
     from mednext_lite.metrics import evaluate_folder
     from mednext_lite.safe_io import atomic_write

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     from mednext_lite.data.baseline import threshold_baseline
-    from mednext_lite.data.dataset import load_split
+    from mednext_lite.data.splits import load_split
     from mednext_lite.data.synthetic import make_synthetic_task
     from mednext_lite.train import TrainConfig, train
 

@@ -14,68 +14,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import error_line
 
-__all__ = ["build_parser", "main", "resolve_task_dir"]
-
-_SYNTHETIC = {"synthetic": "mri", "synthetic-mri": "mri", "synthetic-ct": "ct", "synthetic-mri4d": "mri4d"}
-
-
-def resolve_task_dir(task: str, data_dir: str | None = None, *, create_synthetic: bool = True) -> Path:
-    """Find a task directory from ``--task``: an existing path, a folder under the data root, an
-    MSD name/number ("Hippocampus", "04"), ``synthetic`` / ``synthetic-ct`` / ``synthetic-mri4d`` or
-    ``brain`` (the MNI152 tissue task; these are written on first use). A missing MSD task is an error telling how to download it; a name that
-    is not a folder holding dataset.json must be a plain name (no '..', no absolute path), so that
-    nothing is ever looked up or written outside the data root."""
-    from .data.catalogue import get_task, resolve_data_dir, validate_task_name
-
-    path = Path(task).expanduser()
-    if (path / "dataset.json").is_file():
-        return path
-    if path.is_absolute() or len(path.parts) > 1:
-        what = "is a folder without dataset.json" if path.is_dir() else "does not exist"
-        raise ValueError(f"--task {task} {what}: pass a task folder (the one holding dataset.json), a task name "
-                         "under the data root, or an MSD name such as Hippocampus")
-    validate_task_name(task)
-    root = resolve_data_dir(data_dir)
-    if (root / task / "dataset.json").is_file():
-        return root / task
-    key = task.strip().lower()
-    if key in _SYNTHETIC or key == "brain":
-        from .data.brain import BRAIN_TASK, make_brain_task
-        from .data.synthetic import FLAVOURS, make_synthetic_task
-
-        flavour = _SYNTHETIC.get(key)
-        target = root / (FLAVOURS[flavour].task_name if flavour else BRAIN_TASK)
-        if (target / "dataset.json").is_file() or not create_synthetic:
-            return target
-        if int(os.environ.get("RANK", "0")) != 0:
-            # Under torchrun only rank 0 writes the task; dataset.json is its last file.
-            deadline = time.monotonic() + 600
-            while not (target / "dataset.json").is_file():
-                if time.monotonic() > deadline:
-                    raise ValueError(f"rank {os.environ['RANK']} waited 10 min for rank 0 to write {target}; "
-                                     f"write it once first: mednext-lite data {'synthesize' if flavour else 'brain'} "
-                                     f"--data-dir {root}")
-                time.sleep(1.0)
-            return target
-        if flavour is None:
-            return make_brain_task(root, progress=True)
-        return make_synthetic_task(root, flavour=flavour, progress=True)
-    try:
-        msd = get_task(task)
-    except KeyError as err:
-        raise ValueError(f"--task {task!r} is neither a task directory nor a known task: {err.args[0]}") from None
-    target = root / msd.name
-    if not (target / "dataset.json").is_file():
-        raise ValueError(f"task {msd.name} is not under {root}: fetch it with `mednext-lite data download "
-                         f"{msd.short_name} --data-dir {root}` or pass --data-dir")
-    return target
+__all__ = ["build_parser", "main"]
 
 
 def _positive_int(text: str) -> int:
@@ -195,6 +140,8 @@ def _train_config(args: argparse.Namespace):
     kw["model_overrides"] = overrides  # the quickstart merges them into its own
     cfg = TrainConfig.cpu_quickstart(**kw) if args.quickstart else TrainConfig(**kw)
     # Flags are checked (above) before the task is resolved, which may write the synthetic task.
+    from .data.locate import resolve_task_dir
+
     return cfg.replace(task_dir=str(resolve_task_dir(args.task, args.data_dir)))
 
 
@@ -266,7 +213,9 @@ def _predict_command(args: argparse.Namespace) -> int:
     if Path(args.checkpoint).is_dir():
         raise ValueError(f"--checkpoint {args.checkpoint} is a folder: pass the checkpoint file in it, "
                          f"e.g. {Path(args.checkpoint) / 'best.pt'}")
-    task_dir = resolve_task_dir(args.task, args.data_dir, create_synthetic=False) if args.task else None
+    from .data.locate import resolve_task_dir
+
+    task_dir = resolve_task_dir(args.task, args.data_dir, create=False) if args.task else None
     written = predict_from_checkpoint(
         args.checkpoint, _input_files(args.input), args.output, task_dir=task_dir,
         patch_size=(args.patch[0] if len(args.patch) == 1 else tuple(args.patch)) if args.patch else None, device=args.device,
@@ -299,12 +248,14 @@ def _add_evaluate(sub: Any) -> None:
 
 
 def _evaluate_command(args: argparse.Namespace) -> int:
-    from .data.dataset import load_split, load_task
+    from .data.locate import resolve_task_dir
+    from .data.splits import load_split
+    from .data.validate import load_task
     from .metrics import evaluate_folder
 
     names, num_classes, labels, task_dirs = None, None, None, []
     if args.task:
-        task_dirs = [resolve_task_dir(args.task, args.data_dir, create_synthetic=False)]
+        task_dirs = [resolve_task_dir(args.task, args.data_dir, create=False)]
         info = load_task(task_dirs[0], validate=False)
         names = [info.labels[i] for i in sorted(info.labels) if i != 0]
         num_classes = info.num_classes

@@ -115,7 +115,7 @@ def error_line(err: BaseException) -> tuple[str, int]:
         return _import_error_line(cause), 2
     if isinstance(cause, KeyError):
         return _one_line(cause.args[0] if cause.args else repr(cause)), 2
-    if isinstance(cause, (ValueError, TypeError, *_loaded_classes("mednext_lite.data.download", "DownloadError"))):
+    if isinstance(cause, (ValueError, TypeError, *_loaded_classes("mednext_lite.data.transfer", "DownloadError"))):
         return _one_line(str(cause) or kind), 2
     if isinstance(cause, _loaded_classes("nibabel.filebasedimages", "ImageFileError")
                   + _loaded_classes("nibabel.spatialimages", "HeaderDataError")):

@@ -294,7 +294,7 @@ def predict_from_checkpoint(
     The output plan is checked before the checkpoint is read, and again against the
     checkpoint's task; the checkpoint itself is refused if unreadable or not finite.
     """
-    from .data.dataset import load_task
+    from .data.validate import load_task
     from .data.transforms import get_transforms
 
     suffix = kwargs.get("suffix", "")

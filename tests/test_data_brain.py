@@ -25,7 +25,7 @@ from mednext_lite.data.brain import (
     synthesize_brain_case,
 )
 from mednext_lite.data.commands import brain_main
-from mednext_lite.data.dataset import load_task
+from mednext_lite.data.validate import load_task
 
 SPACING = 3.0  # coarser than the 2 mm default: the same code, a third of the voxels
 
@@ -134,14 +134,6 @@ def test_the_command_writes_the_task_where_asked(tmp_path, capsys):
     assert f"wrote {tmp_path / BRAIN_TASK}: 1 training + 0 test cases, 48 x 64 x 48 voxels of 4 mm" in out
     assert "Louis Collins" in out
     assert load_task(tmp_path / BRAIN_TASK).training[0]["image"].name == "mnibrain_000.nii.gz"
-
-
-def test_train_task_brain_writes_the_task_on_first_use(tmp_path):
-    from mednext_lite.cli import resolve_task_dir
-
-    target = tmp_path / BRAIN_TASK
-    assert resolve_task_dir("brain", str(tmp_path), create_synthetic=False) == target
-    assert not target.exists()
 
 
 def test_regenerating_replaces_symlinked_files_and_spares_their_targets(tmp_path):

@@ -25,14 +25,11 @@ from mednext_lite.data import (
     resolve_data_dir,
     safe_extract,
 )
+from mednext_lite.data.archive import ArchiveLimitError, ExtractLimits
 from mednext_lite.data.catalogue import validate_task_name
 from mednext_lite.data.commands import download_main
-from mednext_lite.data.download import (
-    EXTRACTED_MARKER,
-    ArchiveLimitError,
-    ExtractLimits,
-    TransferLimits,
-)
+from mednext_lite.data.download import EXTRACTED_MARKER
+from mednext_lite.data.transfer import TransferLimits
 
 TASK = "Task04_Hippocampus"
 
@@ -332,11 +329,11 @@ def test_member_count_limit(tmp_path):
 def test_too_little_free_space_refuses_before_the_first_write(tmp_path, monkeypatch):
     import shutil
 
-    from mednext_lite.data import download
+    from mednext_lite.data import archive as archive_module
 
     path = build_msd_archive(tmp_path / "a.tar", TASK, n_train=1, n_test=0)
     real = shutil.disk_usage
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda p: real(p)._replace(free=100))  # a nearly full disk
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda p: real(p)._replace(free=100))  # a nearly full disk
     with pytest.raises(DownloadError, match=r"needs .* but .* has 100 B free; nothing was written"):
         safe_extract(path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.nii.gz"))

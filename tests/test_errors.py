@@ -14,7 +14,7 @@ def test_error_line_classes(tmp_path):
     import torch
     from monai.transforms import Compose, LoadImaged
 
-    from mednext_lite.data.download import DownloadError
+    from mednext_lite.data.transfer import DownloadError
 
     def raised(fn):
         try:
@@ -52,7 +52,7 @@ def test_error_line_classes(tmp_path):
 
 
 def test_a_task_failing_validation_lists_every_problem_on_its_own_line(tmp_path):
-    from mednext_lite.data.dataset import DatasetError
+    from mednext_lite.data.validate import DatasetError
 
     err = DatasetError(tmp_path, ["imagesTr/a.nii.gz: missing", "labelsTr/b.nii.gz: shape (2, 2, 2)\nvs (3, 3, 3)"])
     line, status = error_line(err)

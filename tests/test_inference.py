@@ -15,8 +15,8 @@ from label_files import mini_task, tree_bytes, write_nifti
 from torch import nn
 
 from mednext_lite.checkpoint import save_checkpoint
-from mednext_lite.data.dataset import load_task
 from mednext_lite.data.transforms import get_transforms
+from mednext_lite.data.validate import load_task
 from mednext_lite.inference import (
     evaluate_model,
     predict_files,

@@ -19,7 +19,7 @@ from loopback_msd import LoopbackServer
 from msd_replicas import RELEASES, build_replica_archive, pack_replica, replica_members
 
 from mednext_lite.cli import main
-from mednext_lite.data.dataset import load_task
+from mednext_lite.data.validate import load_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 

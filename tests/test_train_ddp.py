@@ -70,8 +70,8 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     # Each rank validated its own case; the summed Dice equals a one-process evaluation of both.
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 4 and len(split["val"]) == 2
-    from mednext_lite.data.dataset import load_task
     from mednext_lite.data.transforms import get_transforms
+    from mednext_lite.data.validate import load_task
     from mednext_lite.inference import evaluate_model
     from mednext_lite.train import model_from_checkpoint
 

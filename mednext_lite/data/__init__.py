@@ -1,8 +1,14 @@
-"""MSD data for mednext_lite: catalogue and download, dataset.json reader and validator (errors
-and warnings), seeded splits, the embedded synthetic and MNI152 brain-tissue tasks, MONAI
-pipelines and cached datasets, and the intensity-only baseline. Command-line doors live in
-``mednext_lite.data.commands``."""
+"""MSD data for mednext_lite: the task catalogue, finding and downloading tasks, reading and
+validating them, seeded splits, the embedded synthetic and MNI152 brain-tissue tasks, MONAI
+pipelines and cached datasets, and the intensity-only baseline.
 
+One job per module: ``catalogue`` (the ten MSD tasks, the data root), ``locate`` (a task's folder
+from its name), ``download`` (fetch, verify, extract), ``transfer`` (resumable HTTP), ``archive``
+(safe extraction), ``dataset`` (dataset.json and NIfTI reading), ``validate`` (checks, load_task),
+``splits``, ``synthetic``, ``brain``, ``msd_writer``, ``transforms``, ``baseline``; the
+command-line doors live in ``commands``."""
+
+from .archive import ArchiveLimitError, ExtractLimits, safe_extract
 from .baseline import dice_per_class, threshold_baseline
 from .brain import make_brain_task
 from .catalogue import (
@@ -13,36 +19,25 @@ from .catalogue import (
     resolve_data_dir,
     validate_task_name,
 )
-from .dataset import (
-    DatasetError,
-    DatasetWarning,
-    TaskInfo,
-    TaskReport,
-    check_task,
-    get_or_make_split,
-    load_split,
-    load_task,
-    make_split,
-    read_image,
-    save_split,
-    validate_task,
-    voxel_spacing,
-)
-from .download import (
-    ArchiveLimitError,
-    DownloadError,
-    ExtractLimits,
-    TransferLimits,
-    download_task,
-    fetch_archive,
-    safe_extract,
-)
+from .dataset import TaskInfo, read_image, voxel_spacing
+from .download import download_task, fetch_archive
+from .locate import resolve_task_dir
+from .splits import get_or_make_split, load_split, make_split, save_split
 from .synthetic import FLAVOURS, make_synthetic_task, synthesize_case
+from .transfer import DownloadError, TransferLimits
 from .transforms import (
     DEFAULT_CT_WINDOW,
     default_cache_dir,
     get_transforms,
     make_dataset,
+)
+from .validate import (
+    DatasetError,
+    DatasetWarning,
+    TaskReport,
+    check_task,
+    load_task,
+    validate_task,
 )
 
 __all__ = [
@@ -76,6 +71,7 @@ __all__ = [
     "make_synthetic_task",
     "read_image",
     "resolve_data_dir",
+    "resolve_task_dir",
     "safe_extract",
     "save_montage",
     "save_split",

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .dataset import TaskInfo, load_task, read_image
+from .dataset import TaskInfo, read_image
+from .validate import load_task
 
 __all__ = ["dice_per_class", "threshold_baseline"]
 

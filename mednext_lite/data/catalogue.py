@@ -52,11 +52,6 @@ class MSDTask:
         """True when the images are CT (int16 Hounsfield units)."""
         return any(m.upper() == "CT" for m in self.modality.values())
 
-    @property
-    def archive_name(self) -> str:
-        """File name of the released archive, e.g. "Task04_Hippocampus.tar"."""
-        return f"{self.name}.tar"
-
 
 def _task(name: str, modality: dict[str, str], labels: dict[int, str], dims: str, size_mb: int) -> MSDTask:
     # Addresses and checksums are MONAI's own DecathlonDataset table, so the two never drift apart.

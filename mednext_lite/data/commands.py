@@ -1,8 +1,8 @@
-"""Command-line doors of the data layer: ``download``, ``synthesize`` and ``inspect``.
+"""Command-line doors of the data layer: ``download``, ``synthesize``, ``brain`` and ``inspect``.
 
 ``add_data_subcommands`` registers them on any argparse sub-parser set (the package CLI uses it
-for ``mednext-lite data ...``); ``download_main``, ``synthesize_main`` and ``inspect_main`` are
-the standalone entry points the scripts in ``data_scripts/`` call. ``summarize_task`` and
+for ``mednext-lite data ...``); ``download_main``, ``synthesize_main``, ``brain_main`` and
+``inspect_main`` are the standalone entry points the scripts in ``data_scripts/`` call. ``summarize_task`` and
 ``save_montage`` are the reusable halves of ``inspect``.
 """
 
@@ -20,19 +20,17 @@ import numpy as np
 from ..errors import error_line
 from ..safe_io import UnsafePathError, atomic_write
 from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
-from .catalogue import (
-    DATA_ENV_VAR,
-    MSD_TASKS,
-    get_task,
-    resolve_data_dir,
-    validate_task_name,
-)
-from .dataset import TaskInfo, TaskReport, check_task, read_image, voxel_spacing
-from .download import DownloadError, download_task
+from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
+from .dataset import TaskInfo, read_image, voxel_spacing
+from .download import download_task
+from .locate import resolve_task_dir
 from .synthetic import FLAVOURS, make_synthetic_task
+from .transfer import DownloadError
+from .validate import TaskReport, check_task
 
 __all__ = [
     "add_data_subcommands",
+    "brain_main",
     "download_main",
     "inspect_main",
     "save_montage",
@@ -176,7 +174,8 @@ def _add_synthesize_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_inspect_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", help="task directory, or a task name looked up under the data root")
+    p.add_argument("task", help="task directory, a task name under the data root, an MSD name/number, "
+                                "synthetic[-ct|-mri4d] or brain")
     p.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
     p.add_argument("--montage", default=None, help="PNG path for the montage (default: <task>/montage.png)")
     p.add_argument("--max-cases", type=int, default=None, help="read at most this many cases for statistics")
@@ -240,28 +239,6 @@ def _run_brain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_task_dir(task: str, data_dir: str | None) -> Path:
-    """The task folder ``inspect`` reads: ``task`` itself when it is a folder or a path (a path
-    that does not exist is returned as is, for the checks to report), else a plain name under the
-    data root, validated first (``validate_task_name``) so that ``../x`` never looks outside it,
-    and finally an MSD name or number ("Hippocampus", "04")."""
-    path = Path(task).expanduser()
-    try:
-        is_dir = path.is_dir()
-    except OSError:  # a name too long to look up is refused by the name check below
-        is_dir = False
-    if task.strip() and (is_dir or path.is_absolute() or len(path.parts) > 1):
-        return path
-    root = resolve_data_dir(data_dir)
-    named = root / validate_task_name(task)
-    if named.is_dir():
-        return named
-    try:
-        return root / get_task(task).name
-    except KeyError:
-        return path
-
-
 def _print_findings(report: TaskReport) -> None:
     """Errors (on stderr) and warnings (on stdout) in two sections, one line each."""
     if report.errors:
@@ -276,7 +253,7 @@ def _print_findings(report: TaskReport) -> None:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     try:
-        task_dir = _find_task_dir(args.task, args.data_dir)
+        task_dir = resolve_task_dir(args.task, args.data_dir, create=False)
     except ValueError as err:
         return _user_error(err)
     report = check_task(task_dir, progress=True)

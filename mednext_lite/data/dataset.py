@@ -1,11 +1,9 @@
-"""Read and validate an MSD-layout task (dataset.json + NIfTI files), and make seeded splits.
+"""Read an MSD-layout task: its dataset.json into a ``TaskInfo``, and its NIfTI files into arrays.
 
-The reader takes a dataset.json as the Decathlon released it: only the keys training reads
+The dataset.json is taken as the Decathlon released it: only the keys training reads
 (``training``, ``labels``, ``modality``) are required, and the descriptive ones may be missing or,
-like the releases' ``"relase"``, misspelt. Validation happens before any training and sorts what
-it finds into errors (the task cannot be used) and warnings (usable, but look at the case), each
-one line naming the file and the fix. Everything is reported at once, so a user repairs a task in
-one pass instead of meeting one error per epoch.
+like the releases' ``"relase"``, misspelt. What cannot be used is returned as one line per problem,
+naming the file and the fix, for ``validate.check_task`` to report with the file checks.
 """
 
 from __future__ import annotations
@@ -14,11 +12,8 @@ import errno
 import json
 import os
 import reprlib
-import warnings
 import zlib
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +21,16 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
-from tqdm.auto import tqdm
 
-from ..safe_io import atomic_write, nifti_header
+from ..safe_io import nifti_header
 
 __all__ = [
     "MSD_KEYS",
+    "NIFTI_ERRORS",
     "TRAINING_KEYS",
-    "DatasetError",
-    "DatasetWarning",
     "TaskInfo",
-    "TaskReport",
-    "check_task",
-    "get_or_make_split",
-    "load_split",
-    "load_task",
-    "make_split",
+    "read_dataset_json",
     "read_image",
-    "save_split",
-    "validate_task",
     "voxel_spacing",
 ]
 
@@ -57,15 +43,9 @@ TRAINING_KEYS = ("training", "labels", "modality")
 MSD_KEYS = ("name", "description", "reference", "licence", "release", "tensorImageSize",
             "modality", "labels", "numTraining", "numTest", "training", "test")
 
-# Geometry tolerance: affines are compared in millimetres; 1e-3 mm absorbs float32 round-off in
-# headers written by different tools while still catching a wrong spacing or origin.
-_AFFINE_ATOL = 1e-3
-
-# What nibabel raises on bad files: unknown format, bad header values, gzip/zlib damage, short
-# reads of a truncated file (and safe_io's refusal of an absurd header, a ValueError).
-_NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
-
-_REEXTRACT = "re-extract it from the archive (or regenerate the task)"
+#: What nibabel raises on bad files: unknown format, bad header values, gzip/zlib damage, short
+#: reads of a truncated file (and safe_io's refusal of an absurd header, a ValueError).
+NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 # Values quoted in problem lines: a hostile entry (a 10^6-character name, a list nested 900 deep)
 # still gives one readable line.
@@ -76,20 +56,6 @@ _QUOTE.maxlevel, _QUOTE.maxlist, _QUOTE.maxdict = 3, 4, 4
 
 def _shown(value: Any) -> str:
     return _QUOTE.repr(value)
-
-
-class DatasetError(ValueError):
-    """A task failed validation; ``problems`` holds one line per problem, each naming a file."""
-
-    def __init__(self, task_dir: Path, problems: list[str]):
-        self.task_dir = task_dir
-        self.problems = list(problems)
-        lines = "\n".join(f"- {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in task {task_dir}:\n{lines}")
-
-
-class DatasetWarning(UserWarning):
-    """A task is usable but something in it deserves a look (the message names the case)."""
 
 
 @dataclass
@@ -132,31 +98,6 @@ class TaskInfo:
     def foreground_labels(self) -> list[int]:
         """Label values other than background, sorted."""
         return sorted(v for v in self.labels if v != 0)
-
-
-@dataclass
-class TaskReport:
-    """What validation found in a task: ``errors`` make it unusable, ``warnings`` ask for a look.
-
-    Each entry is one line naming the file and the fix. ``info`` is the parsed task (``None`` when
-    dataset.json itself cannot be used); ``flagged`` holds the training cases a warning names, so a
-    figure can draw them first.
-    """
-
-    task_dir: Path
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    info: TaskInfo | None = None
-    flagged: list[dict[str, Path]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when the task can be trained on (warnings allowed)."""
-        return not self.errors
-
-    def problems(self, strict: bool = False) -> list[str]:
-        """The lines that make the task unusable: the errors, then the warnings when ``strict``."""
-        return self.errors + (self.warnings if strict else [])
 
 
 # ---------------------------------------------------------------- dataset.json
@@ -309,39 +250,39 @@ def _tensor_image_size(meta: dict[str, Any], training: list[dict[str, Path]], n_
     if training:
         try:
             return f"{len(nifti_header(training[0]['image']).shape)}D"
-        except _NIFTI_ERRORS:
+        except NIFTI_ERRORS:
             pass  # validation reports the unreadable file
     return "4D" if n_modalities > 1 else "3D"
 
 
-def _read_task(task_dir: Path) -> TaskReport:
-    """Read and parse dataset.json into a report; ``report.info`` is ``None`` when it cannot be used."""
-    report = TaskReport(task_dir)
-    meta, report.errors = _read_json(task_dir)
+def read_dataset_json(task_dir: Path) -> tuple[TaskInfo | None, list[str], list[str]]:
+    """Read and parse ``<task_dir>/dataset.json``: ``(info, errors, warnings)``, each problem one
+    line naming the file and the fix; ``info`` is ``None`` when the file cannot be used at all."""
+    meta, errors = _read_json(task_dir)
     if meta is None:
-        return report
+        return None, errors, []
     path = task_dir / "dataset.json"
     missing = [k for k in TRAINING_KEYS if k not in meta]
-    report.errors += [f"{path}: key {k!r} is missing; add it (training needs {', '.join(TRAINING_KEYS)}; "
-                      "every other key is optional)" for k in missing]
+    errors += [f"{path}: key {k!r} is missing; add it (training needs {', '.join(TRAINING_KEYS)}; "
+               "every other key is optional)" for k in missing]
     if missing:
-        return report
+        return None, errors, []
     labels, label_errors = _parse_labels(meta["labels"], path)
     modality, modality_errors = _parse_modality(meta["modality"], path)
     training, test, case_errors = _parse_cases(task_dir, meta)
-    report.errors += label_errors + modality_errors + case_errors
-    report.warnings += _count_warnings(meta, path)
+    errors += label_errors + modality_errors + case_errors
+    warnings = _count_warnings(meta, path)
     if labels is None or modality is None:
-        return report
-    report.info = TaskInfo(
+        return None, errors, warnings
+    info = TaskInfo(
         root=task_dir, name=str(meta.get("name", task_dir.name)), modality=modality, labels=labels,
         training=training, test=test, tensor_image_size=_tensor_image_size(meta, training, len(modality)),
         description=str(meta.get("description", "")), raw=meta,
     )
-    return report
+    return info, errors, warnings
 
 
-# ---------------------------------------------------------------- the files
+# ---------------------------------------------------------------- images
 
 
 def voxel_spacing(affine: Any, spatial_dims: int = 3) -> list[float]:
@@ -368,314 +309,3 @@ def read_image(path: str | os.PathLike, *, channel_first: bool = True) -> tuple[
     if channel_first and data.ndim == 4:
         data = np.moveaxis(data, -1, 0)
     return data, img.affine
-
-
-def _open(path: Path, what: str, read_data: bool) -> tuple[Any, np.ndarray | None, str | None]:
-    """Open a listed file: its header (an absurd size is refused before any allocation) and, when
-    ``read_data``, its voxels. Returns (image, data, error line)."""
-    try:
-        present = path.is_file()
-    except OSError as err:  # a name too long for the file system, a folder that cannot be searched
-        return None, None, f"{path}: {what} cannot be looked up ({err.strerror or err}); check the name in dataset.json"
-    if not present:
-        return None, None, (f"{path}: {what} file listed in dataset.json is missing; re-extract the archive "
-                            "or remove the entry from dataset.json")
-    try:
-        img = nifti_header(path)
-    except _NIFTI_ERRORS as err:
-        text = str(err)
-        if text.startswith(f"{path}:"):  # safe_io's refusal already names the file and the fix
-            return None, None, text
-        return None, None, f"{path}: {what} is not a readable NIfTI file ({type(err).__name__}: {err}); {_REEXTRACT}"
-    if not read_data:
-        return img, None, None
-    try:
-        return img, np.asanyarray(img.dataobj), None
-    except _NIFTI_ERRORS as err:
-        return img, None, f"{path}: {what} is truncated or corrupt ({type(err).__name__}: {err}); {_REEXTRACT}"
-
-
-@dataclass
-class _Case:
-    """One case's files as opened for checking: headers always, voxels when contents are checked
-    (``None`` otherwise). A test image has no label."""
-
-    info: TaskInfo
-    image_path: Path
-    image: Any
-    image_data: np.ndarray | None
-    label_path: Path | None = None
-    label: Any = None
-    label_data: np.ndarray | None = None
-
-    @cached_property
-    def label_values(self) -> np.ndarray:
-        return np.unique(self.label_data)
-
-    def see_montage(self) -> str:
-        """Where to look: the case's row in the montage that ``inspect`` draws."""
-        name = self.image_path.name.split(".")[0]
-        return (f"look at {name} in {self.info.root / 'montage.png'} "
-                f"(`mednext-lite data inspect {self.info.root}` draws it)")
-
-
-def _image_layout(case: _Case) -> list[str]:
-    shape, n = tuple(case.image.shape), case.info.in_channels
-    if len(shape) == 4 and shape[3] != n:
-        return [(f"{case.image_path}: image has {shape[3]} channels on its last axis but dataset.json declares "
-                 f"{n} modalities; fix 'modality' or the image")]
-    if len(shape) == 3 and n != 1:
-        return [(f"{case.image_path}: image is 3D but dataset.json declares {n} modalities; store the modalities "
-                 "as a 4D image (modalities last) or fix 'modality'")]
-    if len(shape) not in (3, 4):
-        return [f"{case.image_path}: image has {len(shape)} dimensions {shape}; expected (x, y, z[, modality])"]
-    return []
-
-
-def _label_grid(case: _Case) -> list[str]:
-    ishape, lshape = tuple(case.image.shape), tuple(case.label.shape)
-    if len(lshape) != 3:
-        return [f"{case.label_path}: label has shape {lshape}; a label map must be 3D (x, y, z)"]
-    if ishape[:3] != lshape:
-        return [(f"{case.label_path}: label shape {lshape} does not match image shape {ishape[:3]} of "
-                 f"{case.image_path.name}; resample the label onto the image grid")]
-    return []
-
-
-def _label_geometry(case: _Case) -> list[str]:
-    img, lbl = case.image.affine, case.label.affine
-    if np.allclose(img, lbl, atol=_AFFINE_ATOL):
-        return []
-    # Orientation and resampling follow each file's own header, so the label may land off the anatomy.
-    i_sp, l_sp = np.round(voxel_spacing(img), 4).tolist(), np.round(voxel_spacing(lbl), 4).tolist()
-    return [(f"{case.label_path}: label affine differs from image {case.image_path.name} (spacing {l_sp} vs {i_sp}, "
-             f"origin {np.round(lbl[:3, 3], 3).tolist()} vs {np.round(img[:3, 3], 3).tolist()}); "
-             f"{case.see_montage()}; if they overlap, copy the image header into the label, else resample it")]
-
-
-def _label_values(case: _Case) -> list[str]:
-    if case.label_data is None:
-        return []
-    values = case.label_values
-    if not np.all(np.isfinite(values)):
-        return [f"{case.label_path}: label contains NaN/inf; rewrite it with integer values"]
-    fractional = values[values != np.round(values)]
-    if fractional.size:
-        return [(f"{case.label_path}: label has non-integer values {fractional[:5].tolist()}; it was probably "
-                 "resampled with linear interpolation: use nearest neighbour")]
-    unknown = sorted({int(v) for v in values} - set(case.info.labels))
-    if unknown:
-        return [(f"{case.label_path}: label values {unknown} are not declared in dataset.json 'labels' "
-                 f"{sorted(case.info.labels)}; add them to 'labels' or relabel the file")]
-    return []
-
-
-def _label_dtype(case: _Case) -> list[str]:
-    data = case.label_data
-    if data is None or data.dtype.kind != "f" or not np.all(np.isfinite(case.label_values)):
-        return []
-    if not np.all(case.label_values == np.round(case.label_values)):
-        return []  # _label_values reports it
-    return [(f"{case.label_path}: label is stored as {data.dtype} holding the integers "
-             f"{case.label_values[:8].astype(np.int64).tolist()}; it trains as is, but {case.see_montage()} and "
-             "store labels as uint8 (a float label is often one that was interpolated)")]
-
-
-def _image_finite(case: _Case) -> list[str]:
-    data = case.image_data
-    if data is None or data.dtype.kind != "f":
-        return []
-    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-    if not bad:
-        return []
-    return [(f"{case.image_path}: image has {bad:,} NaN/inf voxel(s); one is enough to turn every prediction into "
-             "background: replace them (e.g. with 0, or the background intensity) and save the image again")]
-
-
-# The checks of one opened case, in report order: (is a warning, check). A check returns one line
-# per problem found; content checks return nothing when the voxels were not read.
-_CASE_CHECKS: tuple[tuple[bool, Callable[[_Case], list[str]]], ...] = (
-    (False, _image_layout),
-    (False, _label_grid),
-    (True, _label_geometry),
-    (False, _label_values),
-    (True, _label_dtype),
-    (False, _image_finite),
-)
-_TEST_CHECKS = ((False, _image_layout), (False, _image_finite))
-
-
-def _check_entry(report: TaskReport, entry: dict[str, Path], read_data: bool) -> None:
-    """Open one training case (or, without a "label", one test image) and run its checks into ``report``."""
-    is_test = "label" not in entry
-    image, image_data, error = _open(entry["image"], "test image" if is_test else "image", read_data)
-    label, label_data, label_error = (None, None, None) if is_test else _open(entry["label"], "label", read_data)
-    report.errors += [e for e in (error, label_error) if e]
-    if image is None or (label is None and not is_test):
-        return
-    case = _Case(report.info, entry["image"], image, image_data, entry.get("label"), label, label_data)
-    for is_warning, check in _TEST_CHECKS if is_test else _CASE_CHECKS:
-        lines = check(case)
-        if is_warning and lines and entry not in report.flagged:
-            report.flagged.append(entry)
-        (report.warnings if is_warning else report.errors).extend(lines)
-
-
-def _appledouble_warnings(task_dir: Path) -> list[str]:
-    """One line per folder (the task's and its image folders) holding macOS "._" resource-fork
-    files, as the released archives do."""
-    lines = []
-    for sub in ("", "imagesTr", "labelsTr", "imagesTs"):
-        folder = task_dir / sub
-        found = sorted(p.name for p in folder.iterdir() if p.name.startswith("._")) if folder.is_dir() else []
-        if found:
-            shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-            lines.append(f"{folder}: {len(found)} macOS '._' AppleDouble file(s) ({shown}) that are not images; "
-                         f"nothing here reads them, but delete them (find {task_dir} -name '._*' -delete) "
-                         "before a tool that globs the folder trips on them")
-    return lines
-
-
-def _check_files(report: TaskReport, check_contents: bool, progress: bool) -> TaskReport:
-    info = report.info
-    if not info.training:
-        report.errors.append(f"{info.root / 'dataset.json'}: 'training' lists no cases; add at least one "
-                             "image/label pair")
-    report.warnings += _appledouble_warnings(info.root)
-    entries = [*info.training, *({"image": p} for p in info.test)]
-    for entry in tqdm(entries, desc=f"validate {info.name}", unit="case", disable=not progress, leave=False):
-        _check_entry(report, entry, check_contents)
-    return report
-
-
-def check_task(task: str | os.PathLike | TaskInfo, *, check_contents: bool = True,
-               progress: bool = False) -> TaskReport:
-    """Check a whole task and return a ``TaskReport`` of its errors (unusable) and warnings (look).
-
-    Errors: dataset.json unreadable or without training/labels/modality, labels not exactly
-    0..N-1, paths leaving the task folder, a file listed twice, missing, unreadable or truncated
-    files, headers claiming absurd sizes, a wrong channel count, image/label shapes that differ,
-    label values not declared (or not integers), non-finite image voxels. Warnings: image/label
-    affines that differ beyond rounding, float labels holding integers, "._" files, wrong
-    numTraining/numTest. ``check_contents=False`` reads headers only (fast, but misses truncation
-    and voxel values). A ``TaskInfo`` is checked as given (its dataset.json is not read again).
-    """
-    report = TaskReport(task.root, info=task) if isinstance(task, TaskInfo) else _read_task(Path(task))
-    return _check_files(report, check_contents, progress) if report.info is not None else report
-
-
-def validate_task(task: str | os.PathLike | TaskInfo, *, check_contents: bool = True, progress: bool = False,
-                  strict: bool = False) -> list[str]:
-    """Return every problem that makes a task unusable (empty list = ready to train), each naming
-    the file and the fix; with ``strict`` the warnings count too. See ``check_task`` for the
-    checks and for the warnings themselves."""
-    return check_task(task, check_contents=check_contents, progress=progress).problems(strict)
-
-
-def load_task(task_dir: str | os.PathLike, *, validate: bool = True, check_contents: bool = True,
-              progress: bool = False, strict: bool = False) -> TaskInfo:
-    """Read ``<task_dir>/dataset.json`` into a ``TaskInfo``. With ``validate`` (the default) the
-    whole task is checked first (see ``check_task``); without it only dataset.json is (its keys,
-    labels and paths). Errors raise ``DatasetError`` listing every problem at once; warnings are
-    issued as one ``DatasetWarning`` and kept in ``info.warnings``, or raise too when ``strict``."""
-    task_dir = Path(task_dir)
-    report = _read_task(task_dir)
-    if validate and report.info is not None:
-        _check_files(report, check_contents, progress)
-    problems = report.problems(strict)
-    if problems or report.info is None:
-        raise DatasetError(task_dir, problems)
-    report.info.warnings = list(report.warnings)
-    if report.warnings:
-        lines = "\n".join(f"- {w}" for w in report.warnings)
-        warnings.warn(f"{len(report.warnings)} warning(s) in task {task_dir} (usable; strict=True refuses it):\n"
-                      f"{lines}", DatasetWarning, stacklevel=2)
-    return report.info
-
-
-# ---------------------------------------------------------------- splits
-
-
-def make_split(cases: Sequence[Any], *, n_folds: int = 5, fold: int = 0, seed: int = 0) -> tuple[list, list]:
-    """Split ``cases`` into (train, val) for one fold of a seeded k-fold partition. The same
-    cases, ``n_folds`` and ``seed`` always give the same folds, and the ``n_folds`` validation
-    sets are disjoint and cover every case; order inside each list follows the input order."""
-    cases = list(cases)
-    if not isinstance(n_folds, int) or n_folds < 2:
-        raise ValueError(f"n_folds={n_folds!r} is invalid: use an integer >= 2 (5 is the nnU-Net convention)")
-    if len(cases) < n_folds:
-        raise ValueError(f"cannot make {n_folds} folds from {len(cases)} cases: use n_folds <= {len(cases)}")
-    if not isinstance(fold, int) or not 0 <= fold < n_folds:
-        raise ValueError(f"fold={fold!r} is out of range: use 0..{n_folds - 1}")
-    order = np.random.default_rng(seed).permutation(len(cases))
-    val_idx = set(np.array_split(order, n_folds)[fold].tolist())
-    train = [c for i, c in enumerate(cases) if i not in val_idx]
-    val = [c for i, c in enumerate(cases) if i in val_idx]
-    return train, val
-
-
-def _to_json(item: Any) -> Any:
-    if isinstance(item, dict):
-        return {k: _to_json(v) for k, v in item.items()}
-    if isinstance(item, (list, tuple)):
-        return [_to_json(v) for v in item]
-    if isinstance(item, os.PathLike):
-        return os.fspath(item)
-    return item
-
-
-def _from_json(item: Any) -> Any:
-    if isinstance(item, dict):
-        return {k: Path(v) if k in ("image", "label") and isinstance(v, str) else _from_json(v)
-                for k, v in item.items()}
-    if isinstance(item, str):
-        return Path(item)
-    return item
-
-
-def save_split(path: str | os.PathLike, train: Sequence[Any], val: Sequence[Any], **meta: Any) -> Path:
-    """Write a split as JSON (``{"train": [...], "val": [...], "meta": {...}}``) so a run, and
-    its resumption, always trains on the cases it started with; extra keywords (fold, seed...)
-    are stored under "meta". Paths are stored as strings; the file is replaced atomically (a
-    symlink at ``path`` is replaced, never written through)."""
-    payload = {"train": _to_json(list(train)), "val": _to_json(list(val)), "meta": _to_json(meta)}
-    return atomic_write(path, json.dumps(payload, indent=2) + "\n")
-
-
-def load_split(path: str | os.PathLike) -> tuple[list, list]:
-    """Read a split written by ``save_split`` and return (train, val); string entries and the
-    "image"/"label" values of dict entries come back as ``Path``."""
-    train, val, _ = _read_split(Path(path))
-    return train, val
-
-
-def _read_split(path: Path) -> tuple[list, list, dict[str, Any]]:
-    """(train, val, meta) of a split file, in one read."""
-    try:
-        payload = json.loads(path.read_text())
-        train, val = [_from_json(c) for c in payload["train"]], [_from_json(c) for c in payload["val"]]
-        return train, val, payload.get("meta") or {}
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a split file written by save_split ({err}); delete it to make a new split") from err
-
-
-def get_or_make_split(cases: Sequence[Any], split_path: str | os.PathLike, *, n_folds: int = 5, fold: int = 0,
-                      seed: int = 0) -> tuple[list, list]:
-    """Return the split stored at ``split_path`` when it exists (so a resumed run keeps its
-    cases), else make one with ``make_split`` and save it there. A stored split whose "meta"
-    names another ``n_folds``, ``fold`` or ``seed`` is refused: returning it would train the
-    wrong fold without a word."""
-    split_path = Path(split_path)
-    if not split_path.exists():
-        train, val = make_split(cases, n_folds=n_folds, fold=fold, seed=seed)
-        save_split(split_path, train, val, n_folds=n_folds, fold=fold, seed=seed)
-        return train, val
-    train, val, stored = _read_split(split_path)
-    asked = {"n_folds": n_folds, "fold": fold, "seed": seed}
-    clash = [key for key, value in asked.items() if key in stored and stored[key] != value]
-    if clash:
-        have = ", ".join(f"{key}={stored[key]!r}" for key in clash)
-        want = ", ".join(f"{key}={asked[key]!r}" for key in clash)
-        raise ValueError(f"{split_path} holds the split for {have}, but {want} was asked for: "
-                         "use another run directory (--run-dir) for another fold, or delete the file")
-    return train, val
