@@ -17,19 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mednext_lite.checkpoint import CheckpointError, load_checkpoint
 from mednext_lite.cli import main
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
-from mednext_lite.train import (
-    RESUME_MAY_DIFFER,
-    RESUME_MUST_MATCH,
-    CheckpointError,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    load_checkpoint,
-    poly_lr,
-    train,
-)
+from mednext_lite.run_files import RESUME_MAY_DIFFER, RESUME_MUST_MATCH
+from mednext_lite.train import Trainer, TrainingDiverged, poly_lr, train
+from mednext_lite.train_config import TrainConfig
 
 TINY = {"base_width": 4, "block_counts": 1, "expansion_ratios": 1}
 
@@ -205,7 +198,7 @@ def test_sigkill_mid_epoch_then_resume_continues_exactly(task, tmp_path):
 SAVE_LOOP = textwrap.dedent("""
     import sys, torch
     from mednext_lite.model import MedNeXt, MedNeXtConfig
-    from mednext_lite.train import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     model = MedNeXt(MedNeXtConfig(base_width=16))  # ~5 MB of weights: a save takes a while
     path, i = sys.argv[1], 0
     while True:
@@ -288,7 +281,7 @@ def test_upkern_initialisation_from_a_small_kernel_run(task, tmp_path):
 
 def test_2d_training_on_slices_with_hd95_channels_last_and_checkpointing(task, tmp_path):
     cfg = tiny_cfg(task, tmp_path / "run2d", spatial_dims=2, patch_size=(32, 32), epochs=1, iters_per_epoch=2,
-                   hd95=True, channels_last=True, grad_checkpointing=True, augment=True)
+                   hd95=True, memory_format="channels_last", grad_checkpointing=True, augment=True)
     result = train(cfg)
     row = result.history[-1]
     assert result.model.config.spatial_dims == 2 and result.model.grad_checkpointing
@@ -404,7 +397,7 @@ def test_resume_refuses_settings_that_change_the_run_and_keeps_config_json(task,
     assert {name: (run / name).read_bytes() for name in files} == files  # nothing rewritten
     # settings that leave the maths alone may change: more epochs, validation cadence, workers
     assert main(cli_args(task, run, "--epochs", "2", "--resume", "--val-every", "2", "--num-workers", "0",
-                         "--release-freed-memory")) == 0
+                         "--no-keep-freed-memory")) == 0
     stored = json.loads((run / "config.json").read_text())
     assert (stored["epochs"], stored["val_every"], stored["lr"], stored["resume"]) == (2, 2, 1e-3, True)
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
@@ -423,7 +416,7 @@ def test_resume_lists_cover_every_setting_once():
 
 def test_resume_records_the_upkern_source_the_run_really_used(task, tmp_path, capsys):
     # config.json used to record a new --upkern-from given on resume, an initialisation that never happened.
-    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.model import MedNeXt
 
     cfg = tiny_cfg(task, tmp_path / "run", epochs=1, iters_per_epoch=1)
