@@ -166,12 +166,12 @@ class TrainConfig:
 
     @classmethod
     def cpu_quickstart(cls, task_dir: str | os.PathLike = "", **overrides: Any) -> TrainConfig:
-        """A run sized for a 2-core CPU on the synthetic task (about 3 minutes, not days):
-        MedNeXt-S ratios at base width 16 with one block per stage, 32^3 patches, batch 2,
-        6 epochs x 25 iterations, validation every 3 epochs. Everything else keeps the paper's
-        recipe (deep supervision, AdamW, poly decay, clipping). On the default synthetic task
-        this reaches a validation mean foreground Dice near 0.9 (see benchmarks/train_synthetic.py).
-        ``model_overrides`` are merged into the quickstart's own (``grn=True`` keeps width 16)."""
+        """A run sized for a 2-core CPU on the synthetic task (minutes, not days): MedNeXt-S ratios
+        at base width 16 with one block per stage, 32^3 patches, batch 2, 6 epochs x 25 iterations,
+        validation every 3 epochs. Everything else keeps the paper's recipe (deep supervision,
+        AdamW, poly decay, clipping); its time and Dice are in docs/performance.md
+        (``benchmarks/train_synthetic.py``). ``model_overrides`` are merged into the quickstart's
+        own (``grn=True`` keeps width 16)."""
         model = {"base_width": 16, "block_counts": 1, **(overrides.pop("model_overrides", None) or {})}
         base = {"task_dir": str(task_dir), "model_overrides": model,
                 "epochs": 6, "iters_per_epoch": 25, "batch_size": 2, "patch_size": (32, 32, 32), "val_every": 3,
