@@ -1,8 +1,9 @@
-"""Process-group helpers for training under ``torchrun``: who this process is, joining and leaving
-the group, and the few collective operations the trainer needs.
+"""Multi-process helpers for ``torchrun``: this process's ranks, the process group, and collectives.
 
-Every helper is a no-op in a single process (no process group), so the trainer runs one code path
-for 1 or N processes. Collectives run on the GPU under nccl and on the CPU under gloo.
+The trainer needs to know who this process is, to join and leave the group, and a few collective
+operations (a barrier, a sum, an "any rank?" vote). Each is a no-op in a single process (no
+process group), so the trainer runs one code path for 1 or N processes. Collectives run on the
+GPU under nccl and on the CPU under gloo.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""The files of a run directory and the rules for reusing one: which files mark a run, when an
-earlier run may be resumed or overwritten and with which settings, and the per-epoch metrics files.
+"""The files of a run directory and the rules for reusing one (resume, overwrite, metrics files).
+
+Which files mark a run, when an earlier run may be resumed or overwritten and with which
+settings, and the per-epoch metrics and curves files.
 
 Every file is written with :func:`mednext_lite.safe_io.atomic_write`, so a kill at any moment
 leaves the previous good file. The metrics files are rewritten in full from the run's history,

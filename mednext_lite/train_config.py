@@ -1,5 +1,6 @@
-"""The settings of a training run: :class:`TrainConfig`, checked when it is made, and the
-command-line flag of each setting (:data:`FLAGS`) for messages that name the fix.
+"""The settings of a training run (:class:`TrainConfig`), checked when made, and each one's flag.
+
+:data:`FLAGS` maps each setting to its ``mednext-lite train`` flag, so messages name the fix.
 
 A ``TrainConfig`` is plain data: it is stored in ``config.json`` and in every checkpoint, and a
 resumed run is checked against it (:mod:`mednext_lite.run_files`).
