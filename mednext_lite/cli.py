@@ -67,9 +67,9 @@ def _add_train(sub: Any) -> None:
     m.add_argument("--no-deep-supervision", action="store_true", help="train the full-resolution head only")
     m.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
                    help="recompute activations in backward (auto: on for M and L, as in the paper)")
-    m.add_argument("--channels-last", action="store_true",
-                   help="force channels-last activations (default: the fastest layout for the device)")
-    m.add_argument("--release-freed-memory", action="store_true",
+    m.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="activation layout (auto: the fastest for the device; the same maths in each)")
+    m.add_argument("--no-keep-freed-memory", action="store_true",
                    help="on CPU, hand freed tensor memory back to the OS (slower; by default it is kept for "
                         "reuse unless gradient checkpointing is on)")
     m.add_argument("--upkern-from", default=None, help="initialise from a small-kernel checkpoint with UpKern")
@@ -109,7 +109,7 @@ def _add_train(sub: Any) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
     overrides: dict[str, Any] = {}
     if args.base_width is not None:
@@ -120,8 +120,8 @@ def _train_config(args: argparse.Namespace):
         "variant": args.variant, "kernel_size": args.kernel, "spatial_dims": args.spatial_dims,
         "deep_supervision": not args.no_deep_supervision, "fold": args.fold, "n_folds": args.n_folds,
         "spacing": tuple(args.spacing) if args.spacing else None, "cache": args.cache, "num_workers": args.num_workers,
-        "augment": not args.no_augment, "channels_last": args.channels_last, "upkern_from": args.upkern_from,
-        "keep_freed_memory": not args.release_freed_memory,
+        "augment": not args.no_augment, "memory_format": args.memory_format, "upkern_from": args.upkern_from,
+        "keep_freed_memory": not args.no_keep_freed_memory,
         "lr": args.lr, "weight_decay": args.weight_decay, "eps": args.eps, "grad_clip": args.grad_clip, "amp": args.amp,
         "seed": args.seed, "val_overlap": args.overlap, "val_blend": args.blend, "max_val_cases": args.max_val_cases,
         "hd95": args.hd95, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,

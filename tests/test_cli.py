@@ -31,8 +31,8 @@ def test_every_subcommand_is_wired(capsys):
     assert "synthesize" in data_help and "brain" in data_help and "inspect" in data_help
     train = help_text(capsys, "train")
     for flag in ("--data-dir", "--task", "--variant", "--kernel", "--spatial-dims", "--epochs", "--iters", "--batch",
-                 "--patch", "--device", "--resume", "--upkern-from", "--amp", "--channels-last", "--grad-checkpointing",
-                 "--overlap", "--blend", "--hd95", "--lr", "--fold", "--quickstart", "--run-dir", "--release-freed-memory"):
+                 "--patch", "--device", "--resume", "--upkern-from", "--amp", "--memory-format", "--grad-checkpointing",
+                 "--overlap", "--blend", "--hd95", "--lr", "--fold", "--quickstart", "--run-dir", "--no-keep-freed-memory"):
         assert flag in train, flag
     for flag in ("--checkpoint", "--input", "--output", "--overlap", "--blend", "--patch"):
         assert flag in help_text(capsys, "predict"), flag

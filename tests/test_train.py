@@ -17,19 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from mednext_lite.checkpoint import CheckpointError, load_checkpoint
 from mednext_lite.cli import main
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
-from mednext_lite.train import (
-    RESUME_MAY_DIFFER,
-    RESUME_MUST_MATCH,
-    CheckpointError,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    load_checkpoint,
-    poly_lr,
-    train,
-)
+from mednext_lite.run_files import RESUME_MAY_DIFFER, RESUME_MUST_MATCH
+from mednext_lite.train import Trainer, TrainingDiverged, poly_lr, train
+from mednext_lite.train_config import TrainConfig
 
 TINY = {"base_width": 4, "block_counts": 1, "expansion_ratios": 1}
 
@@ -108,6 +101,128 @@ def test_config_defaults_are_the_paper_and_errors_name_the_fix(tmp_path):
     assert TrainConfig.cpu_quickstart("x", model_overrides={"base_width": 8}).model_overrides["base_width"] == 8
     assert TrainConfig.from_dict(c.to_dict()) == c
     json.dumps(c.to_dict())
+
+
+def test_resolve_device_picks_and_checks_devices():
+    from mednext_lite.runtime import resolve_device
+
+    cuda = torch.cuda.is_available()
+    assert resolve_device() == (torch.device("cuda", 0) if cuda else torch.device("cpu"))
+    assert resolve_device("auto", local_rank=0) == resolve_device()
+    assert resolve_device("cpu", local_rank=3) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device='gpu0' is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu0")
+    if cuda:
+        count = torch.cuda.device_count()
+        assert resolve_device("cuda", local_rank=count - 1) == torch.device("cuda", count - 1)
+        with pytest.raises(ValueError, match=rf"asks for GPU {count} but {count} GPU\(s\) are present"):
+            resolve_device(f"cuda:{count}")
+    else:
+        with pytest.raises(ValueError, match=r"device='cuda:1' but CUDA is not available: use --device cpu"):
+            resolve_device("cuda:1")
+
+
+def test_seed_everything_repeats_every_generator_and_rng_state_restores_them(tmp_path):
+    import random
+
+    import numpy as np
+
+    from mednext_lite.runtime import rng_state, seed_everything, set_rng_state
+
+    def draw() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    seed_everything(2**32 + 5)  # beyond NumPy's range: reduced for NumPy, not refused
+    first = draw()
+    seed_everything(2**32 + 5)
+    assert draw() == first
+    seed_everything(6)
+    assert draw() != first
+    torch.save(rng_state(), tmp_path / "rng.pt")  # plain containers: loads with weights_only=True
+    expected = draw()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draw() == expected
+
+
+def test_distributed_helpers_are_the_identity_in_one_process(monkeypatch):
+    from mednext_lite import distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    ranks = distributed.ranks_from_env()
+    assert ranks == distributed.Ranks(rank=1, local_rank=1, world_size=4)
+    assert ranks.distributed and not ranks.is_main
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name)
+    single = distributed.ranks_from_env()
+    assert single == distributed.Ranks() and single.is_main and not single.distributed
+    assert distributed.init_process_group(single, torch.device("cpu")) is False  # nothing to join
+    t = torch.tensor([1.5, 2.0], dtype=torch.float64)
+    assert torch.equal(distributed.all_reduce_sum(t), t)
+    assert distributed.any_rank(True) is True and distributed.any_rank(False) is False
+    distributed.barrier()  # returns at once without a process group
+
+
+def test_every_flag_in_the_flags_table_is_a_train_option_and_memory_formats_agree(task, tmp_path):
+    import argparse
+    from dataclasses import fields
+
+    from mednext_lite.cli import _train_config, build_parser
+    from mednext_lite.fast.layout import MEMORY_FORMATS
+    from mednext_lite.train_config import FLAGS
+
+    parser = build_parser()
+    train_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    options = train_parser._option_string_actions
+    assert set(FLAGS) <= {f.name for f in fields(TrainConfig)}
+    for name, flags in FLAGS.items():
+        for flag in flags.split("/"):
+            assert flag in options, (name, flag)
+    assert tuple(options["--memory-format"].choices) == MEMORY_FORMATS
+    args = parser.parse_args(["train", "--task", str(task), "--memory-format", "channels_last", "--no-keep-freed-memory"])
+    cfg = _train_config(args)
+    assert (cfg.memory_format, cfg.keep_freed_memory) == ("channels_last", False)
+    defaults = _train_config(parser.parse_args(["train", "--task", str(task)]))
+    assert (defaults.memory_format, defaults.keep_freed_memory) == ("auto", True)
+    with pytest.raises(ValueError, match=r"memory_format='nhwc' \(--memory-format\): use one of \('auto', "):
+        TrainConfig(memory_format="nhwc")
+
+
+def test_resume_conflicts_compare_the_network_built_not_the_overrides_typed(tmp_path):
+    from mednext_lite.run_files import resume_conflicts
+
+    (tmp_path / "task").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "task")  # the same task through a link is the same task
+    asked = TrainConfig(task_dir=str(tmp_path / "task"), lr=2e-3, model_overrides={"base_width": 32})
+    stored = {**TrainConfig(task_dir=str(tmp_path / "link")).to_dict(), "model_overrides": {}}
+    stored.pop("seed")  # a setting an older file lacks is skipped
+    assert resume_conflicts(stored, asked) == ["lr (--lr): 0.001 -> 0.002"]
+
+
+def test_curves_show_the_loss_each_epoch_and_dice_where_validated(tmp_path, monkeypatch):
+    from mednext_lite import viz
+    from mednext_lite.run_files import write_curves
+
+    drawn = []
+
+    def spy(rows, **kw):
+        drawn.append((rows, kw))
+        return real(rows, **kw)
+
+    real = viz.plot_curves
+    monkeypatch.setattr(viz, "plot_curves", spy)
+    history = [{"epoch": 1, "step": 2, "lr": 1e-3, "train_loss": 1.2, "seconds": 3.0},
+               {"epoch": 2, "step": 4, "lr": 5e-4, "train_loss": 0.9, "val_dice_mean": 0.5, "val_dice_head": 0.4,
+                "val_dice_tail": 0.6, "val_hd95_mean": 3.0, "seconds": 3.0}]
+    (tmp_path / "run_a").mkdir()
+    path = write_curves(tmp_path / "run_a", history)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (rows, kw), = drawn
+    assert kw["title"] == "run_a"
+    assert list(rows[1]) == ["epoch", "train loss (Dice + CE)", "Dice mean", "Dice head", "Dice tail"]
+    assert rows[0] == {"epoch": 1, "train loss (Dice + CE)": 1.2}
+    assert not list(tmp_path.glob("run_a/.*")), "temporary files left behind"
 
 
 # -- training runs ---------------------------------------------------------------------------------
@@ -205,7 +320,7 @@ def test_sigkill_mid_epoch_then_resume_continues_exactly(task, tmp_path):
 SAVE_LOOP = textwrap.dedent("""
     import sys, torch
     from mednext_lite.model import MedNeXt, MedNeXtConfig
-    from mednext_lite.train import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     model = MedNeXt(MedNeXtConfig(base_width=16))  # ~5 MB of weights: a save takes a while
     path, i = sys.argv[1], 0
     while True:
@@ -288,7 +403,7 @@ def test_upkern_initialisation_from_a_small_kernel_run(task, tmp_path):
 
 def test_2d_training_on_slices_with_hd95_channels_last_and_checkpointing(task, tmp_path):
     cfg = tiny_cfg(task, tmp_path / "run2d", spatial_dims=2, patch_size=(32, 32), epochs=1, iters_per_epoch=2,
-                   hd95=True, channels_last=True, grad_checkpointing=True, augment=True)
+                   hd95=True, memory_format="channels_last", grad_checkpointing=True, augment=True)
     result = train(cfg)
     row = result.history[-1]
     assert result.model.config.spatial_dims == 2 and result.model.grad_checkpointing
@@ -404,7 +519,7 @@ def test_resume_refuses_settings_that_change_the_run_and_keeps_config_json(task,
     assert {name: (run / name).read_bytes() for name in files} == files  # nothing rewritten
     # settings that leave the maths alone may change: more epochs, validation cadence, workers
     assert main(cli_args(task, run, "--epochs", "2", "--resume", "--val-every", "2", "--num-workers", "0",
-                         "--release-freed-memory")) == 0
+                         "--no-keep-freed-memory")) == 0
     stored = json.loads((run / "config.json").read_text())
     assert (stored["epochs"], stored["val_every"], stored["lr"], stored["resume"]) == (2, 2, 1e-3, True)
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
@@ -423,7 +538,7 @@ def test_resume_lists_cover_every_setting_once():
 
 def test_resume_records_the_upkern_source_the_run_really_used(task, tmp_path, capsys):
     # config.json used to record a new --upkern-from given on resume, an initialisation that never happened.
-    from mednext_lite.interop import save_checkpoint
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.model import MedNeXt
 
     cfg = tiny_cfg(task, tmp_path / "run", epochs=1, iters_per_epoch=1)

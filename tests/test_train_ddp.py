@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mednext_lite.train import TrainConfig, load_checkpoint
+from mednext_lite.checkpoint import load_checkpoint
+from mednext_lite.train_config import TrainConfig
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
@@ -70,10 +71,10 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     # Each rank validated its own case; the summed Dice equals a one-process evaluation of both.
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 4 and len(split["val"]) == 2
+    from mednext_lite.checkpoint import model_from_checkpoint
     from mednext_lite.data.transforms import get_transforms
     from mednext_lite.data.validate import load_task
     from mednext_lite.inference import evaluate_model
-    from mednext_lite.train import model_from_checkpoint
 
     info = load_task(task, validate=False)
     tf = get_transforms(info, mode="val", patch_size=(32, 32, 32))
