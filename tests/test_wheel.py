@@ -100,20 +100,24 @@ def test_the_package_list_names_every_subpackage():
     tomllib = pytest.importorskip("tomllib")
     listed = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     on_disk = sorted(".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "mednext_lite").rglob("__init__.py"))
-    assert sorted(n for n in listed if not n.startswith("mednext_lite.lessons")) == on_disk, (
-        "a subpackage of mednext_lite is missing from [tool.setuptools] packages in pyproject.toml")
+    missing = sorted(set(on_disk) - set(listed))
+    assert not missing, f"add {missing} to [tool.setuptools] packages in pyproject.toml, or the wheel lacks them"
+    assert sorted(n for n in listed if not n.startswith("mednext_lite.lessons")) == on_disk
 
 
 @pytest.mark.slow
 def test_the_wheel_holds_the_package_and_the_lessons(installed):
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    modules = {str(p.relative_to(REPO).as_posix()) for p in (REPO / "mednext_lite").rglob("*.py")}
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "mednext_lite").rglob("*.py")}
     assert {n for n in names if n.endswith(".py") and not n.startswith("mednext_lite/lessons/")} == modules
-    lessons = {"mednext_lite/lessons/" + p.relative_to(REPO / "notebooks").as_posix()
-               for p in (REPO / "notebooks").rglob("*") if p.is_file() and "__pycache__" not in p.parts
-               and ".ipynb_checkpoints" not in p.parts and p.relative_to(REPO / "notebooks").parts[0]
-               not in ("runs", "build", "data")}
-    assert lessons and {n for n in names if n.startswith("mednext_lite/lessons/")} == lessons
+    lessons = {n.removeprefix("mednext_lite/lessons/") for n in names if n.startswith("mednext_lite/lessons/")}
+    checkout = REPO / "notebooks"
+    needed = {"ci.yaml", "_build.py"}
+    needed |= {p.name for p in checkout.glob("[0-9][0-9]_*.ipynb")} | {f"src/{p.name}" for p in checkout.glob("src/*.py")}
+    needed |= {f"solutions/{p.name}" for p in checkout.glob("solutions/*") if p.suffix in (".py", ".ipynb", ".md")}
+    assert len(needed) > 20 and needed <= lessons, sorted(needed - lessons)
+    junk = [n for n in lessons if {"__pycache__", ".ipynb_checkpoints", "runs", "build"} & set(n.split("/"))]
+    assert not junk, junk
 
 
 @pytest.mark.slow
