@@ -9,7 +9,7 @@ geometry, scored file by file) next to the intensity-threshold baseline's, which
 scored on the same held-out cases (an upper bound for any intensity rule), plus the wall and CPU
 time of training and of prediction.
 
-    python benchmarks/bench_brain_task.py                      # the README figures (2D, ~3 CPU minutes)
+    python benchmarks/bench_brain_task.py                      # the figures in docs/data.md (2D, ~3 CPU minutes)
     python benchmarks/bench_brain_task.py --epochs 16          # longer: every class above the rule
     python benchmarks/bench_brain_task.py --spatial-dims 3 --patch 48 --batch 2
 

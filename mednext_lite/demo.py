@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .notebooks import BUILD_DIR, NotebookError, load_manifest, run_notebook
+from .notebooks import NotebookError, default_build_dir, load_manifest, run_notebook
 
 #: Figures copied by ``--figures`` (the README shows these): (notebook, file name in its output dir).
 README_FIGURES = [
@@ -32,11 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mednext_lite.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="run only these notebooks (names or number prefixes, e.g. 04 05)")
-    parser.add_argument("--build-dir", default=str(BUILD_DIR), help="where executed notebooks and outputs go")
+    parser.add_argument("--build-dir", default=None,
+                        help="where executed notebooks and outputs go (default: ./build/notebooks)")
     parser.add_argument("--figures", default=None, metavar="DIR",
                         help="also copy the README figures into DIR (e.g. docs/figures)")
     args = parser.parse_args(argv)
-    build = Path(args.build_dir).resolve()
+    build = Path(args.build_dir).resolve() if args.build_dir else default_build_dir()
 
     from .data import make_synthetic_task, threshold_baseline
 

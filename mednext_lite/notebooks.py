@@ -5,6 +5,10 @@
 values in their ``parameters`` cell; the manifest only overrides them, so there is no regex
 rewriting of source and the executed copy records exactly what ran. Every notebook writes a
 ``summary.json`` into its ``output_dir`` parameter; :func:`run_notebook` returns it.
+
+The lessons are found by :func:`lessons_dir`, in a source checkout and in an installed wheel
+alike; executed copies go to :func:`default_build_dir` (under the current directory) or a folder
+the caller names, never into the package.
 """
 
 from __future__ import annotations
@@ -20,15 +24,14 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "BUILD_DIR",
-    "NOTEBOOK_DIR",
-    "REPO_ROOT",
     "SIZES",
     "Lesson",
     "NotebookError",
     "NotebookRun",
     "NotebookSpec",
     "collect_csv",
+    "default_build_dir",
+    "lessons_dir",
     "load_manifest",
     "notebook_problems",
     "plot_sweep",
@@ -36,9 +39,31 @@ __all__ = [
     "sized",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK_DIR = REPO_ROOT / "notebooks"
-BUILD_DIR = REPO_ROOT / "build" / "notebooks"
+
+def lessons_dir() -> Path:
+    """The folder holding the lessons: ``ci.yaml``, the ``NN_*.ipynb``, ``src/`` and ``solutions/``.
+
+    An installed wheel carries them as ``mednext_lite/lessons`` (pyproject.toml maps the
+    repository's ``notebooks/`` there); a source checkout, installed editable or put on
+    ``PYTHONPATH``, keeps them in ``notebooks/`` beside the package. Both are looked up next to the
+    package that was imported, not through the import system: in an editable install
+    ``import mednext_lite.lessons`` would resolve to the checkout that was installed, which need
+    not be the one imported.
+    """
+    package = Path(__file__).resolve().parent
+    candidates = (package / "lessons", package.parent / "notebooks")
+    for folder in candidates:
+        if (folder / "ci.yaml").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"no lessons found: neither {candidates[0]} (installed package) nor {candidates[1]} (source "
+        "checkout) holds ci.yaml; reinstall mednext_lite from a wheel or a checkout that has notebooks/")
+
+
+def default_build_dir() -> Path:
+    """Where executed notebooks go unless a folder is given: ``./build/notebooks`` of the current
+    directory (a writable place of the caller's choosing, not the installed package)."""
+    return Path.cwd() / "build" / "notebooks"
 
 
 @dataclass(frozen=True)
@@ -67,10 +92,10 @@ class NotebookError(RuntimeError):
 
 
 def load_manifest(path: str | os.PathLike | None = None) -> list[NotebookSpec]:
-    """Read ``notebooks/ci.yaml`` (or ``path``) into specs, in the manifest's order."""
+    """Read the lessons' ``ci.yaml`` (or ``path``) into specs, in the manifest's order."""
     import yaml
 
-    path = Path(path) if path is not None else NOTEBOOK_DIR / "ci.yaml"
+    path = Path(path) if path is not None else lessons_dir() / "ci.yaml"
     data = yaml.safe_load(path.read_text())
     entries = data.get("notebooks") if isinstance(data, dict) else None
     if not isinstance(entries, list):
@@ -104,7 +129,7 @@ def run_notebook(
 ) -> NotebookRun:
     """Execute one notebook with its manifest parameters (plus ``parameters``) through papermill.
 
-    The executed copy goes to ``build_dir/<name>.ipynb`` (default ``build/notebooks``) and the
+    The executed copy goes to ``build_dir/<name>.ipynb`` (default :func:`default_build_dir`) and the
     notebook's own outputs (figures, CSV, ``summary.json``) to ``build_dir/<name>/``. Widgets are
     switched to static figures (no front end exists here). A failing cell raises
     :class:`NotebookError` quoting the cell; the executed copy with the traceback is kept.
@@ -112,7 +137,7 @@ def run_notebook(
     import papermill as pm
 
     spec = _spec(spec_or_name, manifest)
-    build = Path(build_dir) if build_dir is not None else BUILD_DIR
+    build = Path(build_dir) if build_dir is not None else default_build_dir()
     build.mkdir(parents=True, exist_ok=True)
     output_path = build / f"{spec.name}.ipynb"
     output_dir = (build / spec.name).resolve()

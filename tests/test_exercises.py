@@ -13,12 +13,12 @@ import torch.nn.functional as F
 
 from mednext_lite import exercises as ex
 from mednext_lite.blocks import MedNeXtDownBlock
-from mednext_lite.notebooks import NOTEBOOK_DIR
+from mednext_lite.notebooks import lessons_dir
 from mednext_lite.upkern import (
     upkern_tensor,  # imported BEFORE any check: a shortcut through it must still be seen
 )
 
-SOLUTIONS_PY = NOTEBOOK_DIR / "solutions" / "07_exercises_solutions.py"
+SOLUTIONS_PY = lessons_dir() / "solutions" / "07_exercises_solutions.py"
 SOLUTIONS = runpy.run_path(str(SOLUTIONS_PY))["SOLUTIONS"]
 FUNCTION_EXERCISES = sorted(ex.SHORTCUTS)
 
@@ -238,7 +238,7 @@ def test_verify_checkers_catches_a_broken_solution():
 
 
 def test_the_sheet_holds_no_answers_and_the_solutions_notebook_matches_its_source():
-    sheet = nbformat.read(NOTEBOOK_DIR / "07_exercises.ipynb", as_version=4)
+    sheet = nbformat.read(lessons_dir() / "07_exercises.ipynb", as_version=4)
     code = "\n".join(c.source for c in sheet.cells if c.cell_type == "code")
     assert code.count("raise NotImplementedError") == len(ex.SHORTCUTS)
     assert "07_exercises_solutions" not in code and "solutions = None" in code  # loaded only when passed in

@@ -11,12 +11,13 @@ import pytest
 
 from mednext_lite import notebooks as nbrun
 
-NOTEBOOKS = sorted(nbrun.NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+LESSONS = nbrun.lessons_dir()
+NOTEBOOKS = sorted(LESSONS.glob("[0-9][0-9]_*.ipynb"))
 MANIFEST = nbrun.load_manifest()
 
 
 def _builder():
-    spec = importlib.util.spec_from_file_location("nb_build", nbrun.NOTEBOOK_DIR / "_build.py")
+    spec = importlib.util.spec_from_file_location("nb_build", LESSONS / "_build.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,10 +44,29 @@ def test_committed_notebook_is_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_matches_its_source(path):
-    built = _builder().build(nbrun.NOTEBOOK_DIR / "src" / f"{path.stem}.py")
+    built = _builder().build(LESSONS / "src" / f"{path.stem}.py")
     committed = nbformat.read(path, as_version=4)
     assert [c.source for c in committed.cells] == [c.source for c in built.cells], (
         "notebook and notebooks/src differ: run python notebooks/_build.py")
+
+
+def test_lessons_are_found_beside_the_package_and_outputs_go_under_the_current_directory(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    assert LESSONS == Path(nbrun.__file__).resolve().parent.parent / "notebooks"  # this checkout's own
+    package = tmp_path / "site" / "mednext_lite"
+    monkeypatch.setattr(nbrun, "__file__", str(package / "notebooks.py"))
+    with pytest.raises(FileNotFoundError, match="no lessons found.*holds ci.yaml"):
+        nbrun.lessons_dir()
+    (tmp_path / "site" / "notebooks").mkdir(parents=True)
+    (tmp_path / "site" / "notebooks" / "ci.yaml").write_text("notebooks: []\n")
+    assert nbrun.lessons_dir() == tmp_path / "site" / "notebooks"
+    (package / "lessons").mkdir(parents=True)
+    (package / "lessons" / "ci.yaml").write_text("notebooks: []\n")
+    assert nbrun.lessons_dir() == package / "lessons"  # the installed wheel's copy comes first
+    monkeypatch.chdir(tmp_path)
+    assert nbrun.default_build_dir() == Path.cwd() / "build" / "notebooks"
+    assert Path.cwd().samefile(tmp_path)
 
 
 def test_problems_are_found(tmp_path):
