@@ -2,8 +2,8 @@
 
 Each foreign layout is a table of key prefixes: :func:`convert_reference_state_dict` /
 :func:`to_reference_state_dict` translate the reference implementation's ``mednextv1`` keys,
-:func:`convert_monai_state_dict` MONAI's ``MedNeXt`` keys, refusing weights whose topology differs
-from the reference's. :func:`load_foreign` builds a model from any of the three.
+:func:`convert_monai_state_dict` MONAI's ``MedNeXt`` keys (its B/M/L build the down blocks
+differently: the config's ``topology="monai"``). :func:`load_foreign` builds a model from any of the three.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .checkpoint import (
     model_from_checkpoint,
     state_dict_of,
 )
-from .model import LEVELS, MedNeXt, MedNeXtConfig
+from .model import LEVELS, TOPOLOGIES, MedNeXt, MedNeXtConfig
 
 __all__ = [
     "convert_monai_state_dict",
@@ -131,8 +131,29 @@ def _rename(sd: Mapping[str, torch.Tensor], layout: _Layout) -> dict[str, torch.
 
 # -- conversions --------------------------------------------------------------------------
 
+def _down_topology(sd: Mapping[str, torch.Tensor], config: MedNeXtConfig) -> str:
+    """The topology whose down blocks have the ratios and GRNs found in ``sd`` (the first of
+    :data:`~mednext_lite.model.TOPOLOGIES` when several build the same network)."""
+    found = []
+    for i in range(LEVELS):
+        conv2 = sd.get(f"downs.{i}.conv2.weight")
+        if conv2 is None:
+            raise CheckpointError(f"no weights for down block {i} ('downs.{i}.conv2.weight'): the state dict is "
+                                  "incomplete")
+        found.append((conv2.shape[0] // conv2.shape[1], f"downs.{i}.grn.gamma" in sd))
+    for topology in TOPOLOGIES:
+        candidate = config.replace(topology=topology)
+        if found == [(candidate.down_ratio(i), candidate.down_grn(i)) for i in range(LEVELS)]:
+            return topology
+    shown = ", ".join(f"down block {i}: R={r}{' +GRN' if g else ''}" for i, (r, g) in enumerate(found))
+    raise CheckpointError(
+        f"the down blocks ({shown}) fit none of the topologies {tuple(TOPOLOGIES)} for stage ratios "
+        f"{config.expansion_ratios} (grn={config.grn}): {'; '.join(f'{k}: {v}' for k, v in TOPOLOGIES.items())}")
+
+
 def infer_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> MedNeXtConfig:
-    """Read a :class:`MedNeXtConfig` off a state dict in OUR layout (widths, depths, ratios, kernels).
+    """Read a :class:`MedNeXtConfig` off a state dict in OUR layout (widths, depths, ratios, kernels,
+    GRN, and the down-block ``topology``).
 
     What weights cannot tell (``norm``: GroupNorm and LayerNorm have the same parameters;
     ``residual``) defaults to the paper's choice and can be given in ``overrides``.
@@ -160,6 +181,7 @@ def infer_config(sd: Mapping[str, torch.Tensor], **overrides: Any) -> MedNeXtCon
         residual_up_down="downs.0.res_conv.weight" in sd,
         grn="encoders.0.0.grn.gamma" in sd,
     )
+    config = config.replace(topology=_down_topology(sd, config))
     return config.replace(**overrides) if overrides else config
 
 
@@ -193,8 +215,16 @@ def convert_reference_state_dict(
 
 def to_reference_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Translate our state dict to the reference implementation's key layout (heads transposed,
-    plus the ``dummy_tensor`` its modules carry)."""
-    out = _rename(state_dict_of(sd), _TO_REFERENCE)
+    plus the ``dummy_tensor`` its modules carry). Only the reference topology has a reference
+    equivalent; MONAI- or v2-style down blocks are refused."""
+    sd = state_dict_of(sd)
+    topology = infer_config(sd).topology
+    if topology != "reference":
+        raise CheckpointError(
+            f"these weights have {topology!r} down blocks ({TOPOLOGIES[topology]}), which the reference "
+            f"implementation cannot build (it has {TOPOLOGIES['reference']}): keep them in the mednext_lite "
+            "format (save_checkpoint)")
+    out = _rename(sd, _TO_REFERENCE)
     out["dummy_tensor"] = torch.tensor([1.0])
     return out
 
@@ -204,25 +234,23 @@ def convert_monai_state_dict(
 ) -> tuple[dict[str, torch.Tensor], MedNeXtConfig]:
     """Translate a ``monai.networks.nets.MedNeXt`` state dict to ours; returns ``(state_dict, config)``.
 
-    MONAI's down block after encoder level i uses that level's expansion ratio, where the reference
-    (and we) use the next stage's. The two agree only when those ratios are equal (the S preset);
-    otherwise the weights belong to a different network and the conversion is refused.
+    MONAI builds the down block after encoder level i with that level's ratio R[i] (the reference:
+    R[i+1]) and never gives a down block a GRN; the config read off the weights says so with
+    ``topology="monai"`` wherever that differs from the reference (B/M/L, or any GRN model; the S
+    preset without GRN is the reference's network). One MONAI flag switches the residual of the
+    blocks and of the up/down blocks together, so ``residual`` follows the up/down blocks' 1x1 path.
+    MONAI's ``norm_type="layer"`` (an ``nn.LayerNorm`` over channels and a k^d window) has no
+    equivalent here and is refused.
     """
     ours = _rename(state_dict_of(sd), _MONAI)
-    for i in range(LEVELS):
-        down = ours.get(f"downs.{i}.conv2.weight")
-        nxt = ours.get(f"encoders.{i + 1}.0.conv2.weight" if i + 1 < LEVELS else "bottleneck.0.conv2.weight")
-        if down is None or nxt is None:
-            continue
-        r_down, r_next = down.shape[0] // down.shape[1], nxt.shape[0] // nxt.shape[1]
-        if r_down != r_next:
-            raise CheckpointError(
-                f"MONAI's down block {i} expands by {r_down} but the stage it feeds uses {r_next}: MONAI builds "
-                "down blocks with the ratio of the stage they leave, the reference with the stage they enter, "
-                "so these weights (MONAI B/M/L-style ratios) belong to a different network and cannot be "
-                "converted exactly. Only checkpoints whose ratios agree across each down block (e.g. the S "
-                "preset) convert; retrain with mednext_lite or keep using MONAI's class for this one."
-            )
+    windowed = next((k for k, v in ours.items() if k.endswith(".norm.weight") and v.ndim > 1), None)
+    if windowed is not None:
+        raise CheckpointError(
+            f"MONAI weight {windowed!r} has shape {list(ours[windowed].shape)}: MONAI's norm_type='layer' normalises "
+            "over the channels and a kernel-sized spatial window (nn.LayerNorm), which neither the reference nor "
+            "mednext_lite builds (norm='layer' here normalises each voxel over its channels); only "
+            "norm_type='group' checkpoints convert")
+    overrides.setdefault("residual", "downs.0.res_conv.weight" in ours)
     config = config or infer_config(ours, **overrides)
     return _check_against(ours, config, "MONAI"), config
 

@@ -3,7 +3,8 @@
 Stage index s = 0..8 runs enc0, enc1, enc2, enc3, bottleneck, dec3, dec2, dec1, dec0; the config's
 ``expansion_ratios`` and ``block_counts`` are indexed the same way. The down block after encoder
 level i uses the ratio of stage i+1 and the up block feeding decoder level i the ratio of stage
-8-i, exactly as in the reference implementation.
+8-i, exactly as in the reference implementation; the config's ``topology`` also builds MONAI's
+and MedNeXt v2's variants of the down blocks (see :data:`TOPOLOGIES`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ LEVELS = 4
 NUM_STAGES = 2 * LEVELS + 1
 DIVISOR = 2**LEVELS
 STAGE_NAMES = ("enc0", "enc1", "enc2", "enc3", "bottleneck", "dec3", "dec2", "dec1", "dec0")
+# How the four down blocks are built; everything else is the same in all three.
+TOPOLOGIES = {
+    "reference": "down block i expands by R[i+1]; with grn, every down block but the first has GRN "
+                 "(MIC-DKFZ mednextv1)",
+    "monai": "down block i expands by R[i]; no down block has GRN (monai.networks.nets.MedNeXt)",
+    "v2": "down block i expands by R[i+1]; with grn, every down block has GRN (the MedNeXt v2 presets)",
+}
 
 
 def _nine(name: str, value: Any) -> tuple[int, ...]:
@@ -64,7 +72,9 @@ class MedNeXtConfig:
         residual: identity residual inside each MedNeXt block.
         residual_up_down: 1x1 residual path in the down and up blocks.
         norm: ``"group"`` or ``"layer"``.
-        grn: global response norm in every block.
+        grn: global response norm in every block (in the down blocks as ``topology`` says).
+        topology: how the down blocks are built, one of :data:`TOPOLOGIES`: ``"reference"`` (the
+            default), ``"monai"`` (to run weights trained with MONAI's MedNeXt) or ``"v2"``.
     """
 
     in_channels: int = 1
@@ -80,6 +90,7 @@ class MedNeXtConfig:
     residual_up_down: bool = True
     norm: str = "group"
     grn: bool = False
+    topology: str = "reference"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "expansion_ratios", _nine("expansion_ratios", self.expansion_ratios))
@@ -95,6 +106,9 @@ class MedNeXtConfig:
             raise ValueError(f"spatial_dims={self.spatial_dims!r} is not supported: use 2 or 3")
         if self.norm not in NORMS:
             raise ValueError(f"norm={self.norm!r} is not supported: use one of {NORMS}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology={self.topology!r} is not one of {tuple(TOPOLOGIES)}: pick one of those "
+                             "('reference' unless the weights come from MONAI's MedNeXt or are MedNeXt v2)")
 
     @property
     def kernel_size(self) -> int:
@@ -105,6 +119,14 @@ class MedNeXtConfig:
                 "read enc_kernel_size / dec_kernel_size"
             )
         return self.enc_kernel_size
+
+    def down_ratio(self, level: int) -> int:
+        """Expansion ratio of the down block after encoder level ``level`` (0..3)."""
+        return self.expansion_ratios[level if self.topology == "monai" else level + 1]
+
+    def down_grn(self, level: int) -> bool:
+        """Whether the down block after encoder level ``level`` has a GRN."""
+        return self.grn and (self.topology == "v2" or (self.topology == "reference" and level > 0))
 
     def width(self, level: int) -> int:
         """Channels at resolution level ``level`` (0 = full resolution, 4 = bottleneck)."""
@@ -157,8 +179,8 @@ class MedNeXt(nn.Module):
         self.stem = pointwise_conv(c.spatial_dims, c.in_channels, c.base_width)
         self.encoders = nn.ModuleList(stage(i, i, c.enc_kernel_size) for i in range(LEVELS))
         self.downs = nn.ModuleList(
-            MedNeXtDownBlock(c.width(i), expansion_ratio=r[i + 1], kernel_size=c.enc_kernel_size,
-                             residual=c.residual_up_down, **common)
+            MedNeXtDownBlock(c.width(i), expansion_ratio=c.down_ratio(i), kernel_size=c.enc_kernel_size,
+                             residual=c.residual_up_down, **{**common, "grn": c.down_grn(i)})
             for i in range(LEVELS)
         )
         self.bottleneck = stage(LEVELS, LEVELS, c.dec_kernel_size)
