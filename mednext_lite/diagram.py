@@ -18,7 +18,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle
 from .losses import deep_supervision_weights
 from .model import LEVELS, STAGE_NAMES, MedNeXt, MedNeXtConfig
 from .profile import count_parameters
-from .variants import PRESETS, describe, preset_config
+from .variants import describe, preset_config, preset_names
 
 __all__ = ["draw_network", "format_stage_table", "network_parts", "preset_stage_rows", "shape_text"]
 
@@ -177,11 +177,12 @@ def draw_network(model_or_config: MedNeXt | MedNeXtConfig, input_size: int | tup
 
 
 def preset_stage_rows(kernel_size: int = 3, spatial_dims: int = 3, in_channels: int = 1,
-                      num_classes: int = 3) -> list[dict]:
-    """One row per published preset: R, B and width for each of the 9 stages, and the parameter count
-    (no deep supervision; 1 input channel and 3 classes, as in the paper's table)."""
+                      num_classes: int = 3, family: str = "v1") -> list[dict]:
+    """One row per published preset of ``family`` (``"v1"``, ``"v2"`` or ``"all"``): R, B and width for
+    each of the 9 stages, and the parameter count (no deep supervision; 1 input channel and 3 classes,
+    as in the paper's table)."""
     rows = []
-    for name in PRESETS:
+    for name in preset_names(family):
         config = preset_config(name, in_channels, num_classes, kernel_size, spatial_dims)
         rows.append({"variant": name, "kernel": kernel_size, "spatial_dims": spatial_dims,
                      "R": config.expansion_ratios, "B": config.block_counts,
@@ -196,5 +197,6 @@ def format_stage_table(rows: list[dict]) -> str:
              "| width | " + " | ".join(str(w) for w in rows[0]["widths"]) + " | |"]
     for r in rows:
         cells = " | ".join(f"R{ratio} B{b}" for ratio, b in zip(r["R"], r["B"]))
-        lines.append(f"| {r['variant']} | {cells} | {r['params']:,} |")
+        name = r["variant"] if r["widths"] == rows[0]["widths"] else f"{r['variant']} (C={r['widths'][0]})"
+        lines.append(f"| {name} | {cells} | {r['params']:,} |")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .model import LEVELS, MedNeXt, MedNeXtConfig
-from .variants import PRESETS, preset_config
+from .variants import FAMILIES, PRESETS, preset_config, preset_names
 
 _CONVS = (nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -246,20 +246,22 @@ def measure_step_memory(
 
 
 def preset_table(spatial_dims: int = 3, input_size: Sequence[int] | None = None,
-                 in_channels: int = 1, num_classes: int = 3) -> list[dict[str, Any]]:
-    """Parameters and conv GMACs of every preset at k3 and k5, with the paper's figures beside them."""
+                 in_channels: int = 1, num_classes: int = 3, family: str = "v1") -> list[dict[str, Any]]:
+    """Parameters and conv GMACs of every preset of ``family`` (``"v1"``, ``"v2"`` or ``"all"``) at the
+    kernel sizes it was published with (v1: k3 and k5; v2: k3), with the paper's figures beside them."""
     input_size = tuple(input_size or ((128,) * 3 if spatial_dims == 3 else (512, 512)))
     rows = []
-    for name, preset in PRESETS.items():
-        for i, k in enumerate((3, 5)):
+    for name in preset_names(family):
+        preset = PRESETS[name]
+        for i, k in enumerate(preset.kernel_sizes):
             config = preset_config(name, in_channels, num_classes, k, spatial_dims)
             rows.append({
                 "variant": name, "kernel": k, "spatial_dims": spatial_dims,
                 "params": count_parameters(config),
                 "gmacs": count_macs(config, input_size) / 1e9,
                 "receptive_field": receptive_field(config),
-                "paper_params_m": preset.paper_params_m[i] if spatial_dims == 3 else None,
-                "paper_gflops": preset.paper_gflops[i] if spatial_dims == 3 else None,
+                "paper_params_m": preset.paper_params_m[i] if spatial_dims == 3 and preset.paper_params_m else None,
+                "paper_gflops": preset.paper_gflops[i] if spatial_dims == 3 and preset.paper_gflops else None,
             })
     return rows
 
@@ -278,7 +280,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def _profile_command(args: argparse.Namespace) -> int:
     size = tuple(args.size) if args.size else None
-    rows = preset_table(args.spatial_dims, size, args.in_channels, args.num_classes)
+    rows = preset_table(args.spatial_dims, size, args.in_channels, args.num_classes, args.family)
     shape = "x".join(map(str, size or ((128,) * 3 if args.spatial_dims == 3 else (512, 512))))
     print(f"MedNeXt presets, {args.spatial_dims}D, in_channels={args.in_channels}, "
           f"num_classes={args.num_classes}, input 1x{shape} (conv MACs counted on the meta device)\n")
@@ -290,12 +292,14 @@ def _profile_command(args: argparse.Namespace) -> int:
 
 def add_profile_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``mednext-lite profile`` on an argparse subparsers object."""
-    p = subparsers.add_parser("profile", help="parameter / MAC / receptive-field table of the S/B/M/L presets",
+    p = subparsers.add_parser("profile", help="parameter / MAC / receptive-field table of the presets",
                               description="Print parameters, conv GMACs and receptive field of every preset at "
-                                          "k3 and k5, with the paper's figures beside ours.")
+                                          "its published kernel sizes, with the paper's figures beside ours.")
     p.add_argument("--spatial-dims", type=int, choices=(2, 3), default=3, help="2D or 3D networks (default 3)")
     p.add_argument("--size", type=int, nargs="+", help="input spatial size (default 128^3 in 3D, 512^2 in 2D)")
     p.add_argument("--in-channels", type=int, default=1, help="input modalities (default 1)")
     p.add_argument("--num-classes", type=int, default=3, help="output classes (default 3, as in the paper table)")
+    p.add_argument("--family", choices=(*FAMILIES, "all"), default="v1",
+                   help="v1: S/B/M/L at k3 and k5 (default); v2: V2-B/V2-W at k3; all: both")
     p.set_defaults(handler=_profile_command)
     return p

@@ -1,4 +1,4 @@
-"""The published S/B/M/L presets as data, and compound scaling as pure functions on configs.
+"""The published presets (v1 S/B/M/L, v2 V2-B/V2-W) as data, and compound scaling as functions on configs.
 
 MedNeXt scales along three axes: depth (blocks per stage), width (expansion ratio R, and the base
 width C) and receptive field (kernel size k). Each function here takes a :class:`MedNeXtConfig`
@@ -15,22 +15,43 @@ from .model import NUM_STAGES, MedNeXt, MedNeXtConfig
 
 @dataclass(frozen=True)
 class Preset:
-    """A published MedNeXt size: ratios and block counts per stage, and the paper's own figures."""
+    """A published MedNeXt size: ratios and block counts per stage, width, GRN and down-block topology,
+    the kernel sizes it was published with, and the paper's own figures (``None`` where it printed none)."""
 
     name: str
     expansion_ratios: tuple[int, ...]
     block_counts: tuple[int, ...]
     grad_checkpointing: bool
-    paper_params_m: tuple[float, float]  # (k3, k5), millions, as printed in the paper
-    paper_gflops: tuple[float, float]  # (k3, k5) at 1x128^3, as printed in the paper
+    paper_params_m: tuple[float, ...] | None  # one per kernel size, millions, as printed in the paper
+    paper_gflops: tuple[float, ...] | None  # one per kernel size at 1x128^3, as printed in the paper
+    family: str = "v1"  # "v1": MICCAI 2023 (arXiv 2303.09975); "v2": arXiv 2512.17774
+    base_width: int = 32
+    grn: bool = False
+    topology: str = "reference"
+    kernel_sizes: tuple[int, ...] = (3, 5)
 
+
+_L_RATIOS = _L_BLOCKS = (3, 4, 8, 8, 8, 8, 8, 4, 3)
 
 PRESETS: dict[str, Preset] = {
     "S": Preset("S", (2,) * 9, (2,) * 9, False, (5.6, 5.9), (130, 169)),
     "B": Preset("B", (2, 3, 4, 4, 4, 4, 4, 3, 2), (2,) * 9, False, (10.5, 11.0), (170, 208)),
     "M": Preset("M", (2, 3, 4, 4, 4, 4, 4, 3, 2), (3, 4, 4, 4, 4, 4, 4, 4, 3), True, (17.6, 18.3), (248, 308)),
-    "L": Preset("L", (3, 4, 8, 8, 8, 8, 8, 4, 3), (3, 4, 8, 8, 8, 8, 8, 4, 3), True, (61.8, 63.0), (500, 564)),
+    "L": Preset("L", _L_RATIOS, _L_BLOCKS, True, (61.8, 63.0), (500, 564)),
+    # MedNeXt v2: v1-L's blocks and ratios with GRN in every block, k3, at base width 32 and 64.
+    "V2-B": Preset("V2-B", _L_RATIOS, _L_BLOCKS, True, None, None, family="v2", base_width=32, grn=True,
+                   topology="v2", kernel_sizes=(3,)),
+    "V2-W": Preset("V2-W", _L_RATIOS, _L_BLOCKS, True, None, None, family="v2", base_width=64, grn=True,
+                   topology="v2", kernel_sizes=(3,)),
 }
+FAMILIES = ("v1", "v2")
+
+
+def preset_names(family: str = "v1") -> tuple[str, ...]:
+    """The preset names of one family (``"v1"``: S/B/M/L, ``"v2"``: V2-B/V2-W) or of ``"all"``."""
+    if family != "all" and family not in FAMILIES:
+        raise ValueError(f"family={family!r}: use one of {FAMILIES} or 'all'")
+    return tuple(n for n, p in PRESETS.items() if family in ("all", p.family))
 
 
 def get_preset(variant: str) -> Preset:
@@ -50,13 +71,14 @@ def preset_config(
     deep_supervision: bool = False,
     **overrides: Any,
 ) -> MedNeXtConfig:
-    """The config of a published preset; ``overrides`` replace any :class:`MedNeXtConfig` field."""
+    """The config of a published preset; ``overrides`` replace any :class:`MedNeXtConfig` field
+    (e.g. ``topology="monai"`` for weights trained with MONAI's B/M/L)."""
     p = get_preset(variant)
     config = MedNeXtConfig(
-        in_channels=in_channels, num_classes=num_classes, base_width=32,
+        in_channels=in_channels, num_classes=num_classes, base_width=p.base_width,
         expansion_ratios=p.expansion_ratios, block_counts=p.block_counts,
         enc_kernel_size=kernel_size, dec_kernel_size=kernel_size, spatial_dims=spatial_dims,
-        deep_supervision=deep_supervision, residual=True, residual_up_down=True,
+        deep_supervision=deep_supervision, residual=True, residual_up_down=True, grn=p.grn, topology=p.topology,
     )
     return config.replace(**overrides) if overrides else config
 
@@ -70,9 +92,9 @@ def create_mednext(
     deep_supervision: bool = False,
     **overrides: Any,
 ) -> MedNeXt:
-    """Build a published preset (S, B, M or L) in 2D or 3D.
+    """Build a published preset (S, B, M, L, V2-B or V2-W) in 2D or 3D.
 
-    Gradient checkpointing is switched on for M and L, as in the paper; turn it off with
+    Gradient checkpointing is switched on for M, L and the v2 presets, as in the papers; turn it off with
     ``model.set_grad_checkpointing(False)``. ``overrides`` replace config fields, e.g.
     ``base_width=16`` or ``norm="layer"``.
     """
@@ -125,8 +147,9 @@ def compound_scale(
 def describe(config: MedNeXtConfig) -> str:
     """One line naming the preset a config equals (if any) and its axes."""
     name = next((n for n, p in PRESETS.items()
-                 if p.expansion_ratios == config.expansion_ratios and p.block_counts == config.block_counts
-                 and config.base_width == 32), "custom")
+                 if (p.expansion_ratios, p.block_counts, p.base_width, p.grn, p.topology)
+                 == (config.expansion_ratios, config.block_counts, config.base_width, config.grn, config.topology)),
+                "custom")
     k = (config.enc_kernel_size if config.enc_kernel_size == config.dec_kernel_size
          else f"{config.enc_kernel_size}/{config.dec_kernel_size}")
     return (f"{name} {config.spatial_dims}D k{k} C={config.base_width} "
@@ -135,6 +158,7 @@ def describe(config: MedNeXtConfig) -> str:
 
 
 __all__ = [
+    "FAMILIES",
     "PRESETS",
     "Preset",
     "compound_scale",
@@ -142,6 +166,7 @@ __all__ = [
     "describe",
     "get_preset",
     "preset_config",
+    "preset_names",
     "scale_depth",
     "scale_kernel",
     "scale_width",

@@ -70,6 +70,14 @@ def test_bad_input_size_is_refused_by_the_models_own_check():
         network_parts(preset_config("S"), 100)
 
 
+def test_stage_table_of_the_v2_presets_names_their_width():
+    rows = preset_stage_rows(family="all")
+    assert [r["variant"] for r in rows] == ["S", "B", "M", "L", "V2-B", "V2-W"]
+    table = format_stage_table(rows)
+    assert "| V2-B | R3 B3 |" in table and "61,969,507" in table
+    assert "| V2-W (C=64) | R3 B3 |" in table and "246,536,387" in table
+
+
 def test_stage_table_reproduces_the_reference_parameter_counts():
     rows = preset_stage_rows(kernel_size=3, spatial_dims=3)
     assert {r["variant"]: r["params"] for r in rows} == {

@@ -38,6 +38,49 @@ def test_create_mednext_matches_preset_and_switches_checkpointing():
         create_mednext("XL", 1, 3)
 
 
+# MedNeXt v2 (arXiv 2512.17774): in_channels=1, num_classes=3, no deep supervision, k3.
+V2_EXACT = {"V2-B": 61_969_507, "V2-W": 246_536_387}
+
+
+@pytest.mark.parametrize("variant", sorted(V2_EXACT))
+def test_v2_presets_exact_parameter_counts(variant):
+    config = preset_config(variant, 1, 3)
+    assert (config.grn, config.topology, config.kernel_size) == (True, "v2", 3)
+    assert config.expansion_ratios == config.block_counts == (3, 4, 8, 8, 8, 8, 8, 4, 3)  # v1-L's
+    assert config.base_width == {"V2-B": 32, "V2-W": 64}[variant]
+    assert count_parameters(config) == V2_EXACT[variant]
+    # deep supervision adds four 1x1 heads reading 2C..16C channels
+    c = config.base_width
+    assert count_parameters(config.replace(deep_supervision=True)) - V2_EXACT[variant] == 3 * 30 * c + 4 * 3
+    with torch.device("meta"):
+        model = create_mednext(variant.lower(), 1, 3)
+    assert model.config == config and model.grad_checkpointing
+
+
+def test_topology_decides_only_the_down_blocks_ratio_and_grn():
+    r = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+    built = {t: MedNeXt(tiny(expansion_ratios=r, grn=True, topology=t)) for t in ("reference", "monai", "v2")}
+    expected = {  # (ratio, has GRN) of down blocks 0..3
+        "reference": [(2, False), (3, True), (4, True), (5, True)],  # MIC-DKFZ mednextv1 leaves down_0 without GRN
+        "monai": [(1, False), (2, False), (3, False), (4, False)],  # R[i], and no GRN in any down block
+        "v2": [(2, True), (3, True), (4, True), (5, True)],
+    }
+    for topology, model in built.items():
+        got = [(d.conv2.out_channels // d.conv2.in_channels, not isinstance(d.grn, torch.nn.Identity))
+               for d in model.downs]
+        assert got == expected[topology], topology
+        assert model.config.down_ratio(0) == expected[topology][0][0]
+        others = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("downs.")}
+        assert others == {k: v.shape for k, v in built["reference"].state_dict().items() if not k.startswith("downs.")}
+    # the reference's one missing GRN: gamma and beta of R[1] * C channels
+    assert count_parameters(built["v2"].config) - count_parameters(built["reference"].config) == 2 * 2 * 4
+    assert count_parameters(preset_config("V2-B", 1, 3, topology="reference")) == V2_EXACT["V2-B"] - 2 * 4 * 32
+    # without GRN the reference and v2 topologies are one network
+    assert count_parameters(tiny(topology="v2")) == count_parameters(tiny())
+    with pytest.raises(ValueError, match=r"topology='nnunet' is not one of \('reference', 'monai', 'v2'\)"):
+        tiny(topology="nnunet")
+
+
 def tiny(**kw) -> MedNeXtConfig:
     base = {"in_channels": 2, "num_classes": 3, "base_width": 4, "block_counts": 1, "expansion_ratios": 2, "spatial_dims": 3}
     base.update(kw)

@@ -30,6 +30,22 @@ def test_gmacs_match_reference_within_half_a_percent():
     assert "| L | 5 | 62,992,931 | 63.0M | 558.92 | 564 |" in text
 
 
+def test_v2_rows_of_the_profile_table():
+    rows = preset_table(3, family="v2")
+    assert [(r["variant"], r["kernel"], r["params"]) for r in rows] == [
+        ("V2-B", 3, 61_969_507), ("V2-W", 3, 246_536_387)]
+    l3 = next(r for r in preset_table(3) if (r["variant"], r["kernel"]) == ("L", 3))
+    b, w = rows
+    # V2-B is L k3 plus GRN, which is no convolution: the same conv MACs and receptive field
+    assert b["gmacs"] == l3["gmacs"] and b["receptive_field"] == w["receptive_field"] == l3["receptive_field"] == 741
+    # twice the width: 4x the 1x1 convs' MACs, 2x the depthwise ones
+    assert w["gmacs"] == pytest.approx(1942.46, abs=0.01) and 3.9 < w["gmacs"] / b["gmacs"] < 4
+    assert "| V2-B | 3 | 61,969,507 | - | 494.61 | - | 741 |" in format_table(rows)
+    assert len(preset_table(2, family="all")) == 10
+    with pytest.raises(ValueError, match="family='v3': use one of"):
+        preset_table(3, family="v3")
+
+
 def test_macs_by_hand_for_a_single_conv_path():
     c = MedNeXtConfig(in_channels=1, num_classes=2, base_width=4, block_counts=1, expansion_ratios=1)
     # not exactly 8x: the up blocks' 1x1 convs run on the (2n-1)^3 grid before the one-voxel pad

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mednext_lite import MedNeXt, MedNeXtConfig
 from mednext_lite.checkpoint import save_checkpoint
 from mednext_lite.upkern import UpKernError, upkern, upkern_tensor
+from mednext_lite.variants import preset_config
 
 
 def cfg(k: int, spatial_dims: int = 3, **kw) -> MedNeXtConfig:
@@ -44,6 +45,29 @@ def test_larger_kernels_equal_interpolation_of_the_source(spatial_dims, k):
         assert torch.equal(d[name], s[name]), name
     assert any(n.startswith("ds_heads.3") for n in report.copied)
     assert "17 kernels resized" in str(report) and "<table>" in report._repr_html_()
+
+
+def test_v2_preset_k3_initialises_its_k5_at_tiny_width():
+    torch.manual_seed(0)
+    src = MedNeXt(preset_config("V2-B", 1, 3, 3, base_width=2, deep_supervision=True))
+    with torch.no_grad():  # GRN starts at zero: give it values, so that copying it is seen
+        for name, p in src.named_parameters():
+            if ".grn." in name:
+                p.normal_()
+    dst = MedNeXt(preset_config("V2-B", 1, 3, 5, base_width=2, deep_supervision=True))
+    report = upkern(dst, src)
+    s, d = src.state_dict(), dst.state_dict()
+    resized = {n for n, _, _ in report.resized}
+    # v1-L's 54 blocks, 4 down and 4 up blocks: 62 depthwise kernels, each 3^3 -> 5^3
+    assert len(resized) == 62 and all(n.endswith("conv1.weight") for n in resized) and report.ok
+    for name in resized:
+        assert torch.equal(d[name], F.interpolate(s[name], size=(5, 5, 5), mode="trilinear", align_corners=False))
+    grn = [n for n in report.copied if ".grn." in n]
+    assert len(grn) == 2 * 62 and "downs.0.grn.gamma" in grn  # every block's GRN, down block 0's included
+    assert all(torch.equal(d[n], s[n]) for n in grn)
+    # the reference topology has no GRN in down block 0: not a kernel-size difference, refused by name
+    with pytest.raises(UpKernError, match=r"downs\.0\.grn\.gamma: in the source but not in the target"):
+        upkern(MedNeXt(preset_config("V2-B", 1, 3, 5, base_width=2, deep_supervision=True, topology="reference")), src)
 
 
 def test_source_may_be_state_dict_or_checkpoint_path(tmp_path):
