@@ -7,7 +7,13 @@ import json
 
 import pytest
 from conftest import REPO_ROOT
-from labdriver import changed_fraction, kernel_exec, open_and_run_all, png_pixels, wait_for
+from labdriver import (
+    changed_fraction,
+    kernel_exec,
+    open_and_run_all,
+    png_pixels,
+    wait_for,
+)
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
