@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from labdriver import disable_windowing
+from labdriver import lab_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOTS = REPO_ROOT / "build" / "browser"
@@ -77,7 +77,7 @@ def lab(tmp_path_factory):
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(state / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(state / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(state / "runtime"), "MPLBACKEND": "Agg"}
-    disable_windowing(state / "settings")
+    lab_settings(state / "settings")
     env.pop("MEDNEXT_LITE_HEADLESS", None)  # this kernel has a widget front end: the browser
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with (state / "server.log").open("w") as log:

@@ -54,11 +54,14 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: floa
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last state: {last!r})")
 
 
-def disable_windowing(settings_dir: Path) -> None:
-    """Have JupyterLab keep every cell in the DOM (its default renders only the cells in view)."""
-    target = settings_dir / "@jupyterlab" / "notebook-extension"
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+def lab_settings(settings_dir: Path) -> None:
+    """User settings of the test's JupyterLab: keep every cell in the DOM (the default renders only
+    the cells in view) and ask no question about news (a toast over the notebook)."""
+    for plugin, values in (("notebook-extension/tracker", {"windowingMode": "none"}),
+                           ("apputils-extension/notification", {"fetchNews": "false"})):
+        path = settings_dir / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
 
 
 def open_and_run_all(driver, url: str, timeout: float) -> dict:
