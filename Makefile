@@ -41,3 +41,26 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build runs .pytest_cache
+
+# The browser checks and the course site need JupyterLab, Selenium and nbconvert (the `browser` extra)
+# and, for the checks, Debian's chromium + chromium-driver (installed through apt when we may).
+.PHONY: test-browser book chromium
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),browser]" "$(TORCH_SPEC)"
+	@touch $(BROWSER_STAMP)
+
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	else echo "Chromium is missing: run   sudo apt-get install -y chromium chromium-driver"; exit 1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y -q chromium chromium-driver || \
+	{ $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+book: $(BROWSER_STAMP)
+	$(PY) notebooks/_book.py
+
+test-browser: chromium book
+	$(PY) -m pytest browser_tests

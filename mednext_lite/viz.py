@@ -552,13 +552,7 @@ class SliceViewer:
         """Display the viewer: widgets when a front end exists (``interactive=None`` decides), else
         the static three-plane figure. Returns what was displayed (VBox or Figure)."""
         interactive = has_widget_frontend() if interactive is None else interactive
-        if interactive:
-            try:  # Colab renders ipywidgets 8 only through its custom widget manager
-                from google.colab import output  # type: ignore[import-not-found]
-
-                output.enable_custom_widget_manager()
-            except ImportError:
-                pass
+        if interactive:  # (in Colab, the lessons' install cell readies its front end for ipywidgets 8)
             from IPython.display import display
 
             box = self.build_widgets()

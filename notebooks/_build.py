@@ -16,18 +16,52 @@ from pathlib import Path
 import nbformat
 
 HERE = Path(__file__).resolve().parent
-COLAB = "https://colab.research.google.com/github/mednext-lite/mednext_lite/blob/main/notebooks/{name}.ipynb"
+
+
+def repository_url(pyproject: Path = HERE.parent / "pyproject.toml") -> str:
+    """The repository's GitHub address, from ``[project.urls] Repository`` in pyproject.toml: the one
+    setting that the Colab badges and the install cell's ``git+`` address are made from."""
+    text = pyproject.read_text()
+    try:
+        import tomllib
+
+        url = tomllib.loads(text).get("project", {}).get("urls", {}).get("Repository")
+    except ImportError:  # Python 3.10 has no tomllib; the line itself is plain enough
+        found = re.search(r'^Repository\s*=\s*"([^"]+)"', text, flags=re.MULTILINE)
+        url = found.group(1) if found else None
+    match = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+?)/?", url or "")
+    if match is None:
+        raise ValueError(f"{pyproject}: [project.urls] Repository = {url!r} must be a GitHub address "
+                         "'https://github.com/<owner>/<repo>' (the Colab badges open the notebooks from there)")
+    return f"https://github.com/{match.group(1)}/{match.group(2)}"
+
+
+REPOSITORY = repository_url()
+COLAB = ("https://colab.research.google.com/github/" + REPOSITORY.removeprefix("https://github.com/")
+         + "/blob/main/notebooks/{name}.ipynb")
 BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
-INSTALL = '''\
+# Colab ships its own ipywidgets (the 7.7 line for years), wired to its own front end: there the cell
+# installs the `colab` extra, which leaves ipywidgets alone, and only in Colab, only for ipywidgets 8
+# (installed there by hand), does it switch on the widget manager Colab needs to render that line.
+INSTALL = f'''\
 # Install mednext_lite when it is missing (Colab); where it is installed already this does nothing.
 import importlib.util
 import subprocess
 import sys
 
+IN_COLAB = "google.colab" in sys.modules
 if importlib.util.find_spec("mednext_lite") is None:
+    extra = "colab" if IN_COLAB else "notebooks"  # colab: keeps Colab's own ipywidgets and front end
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "mednext_lite[notebooks] @ git+https://github.com/mednext-lite/mednext_lite.git"], check=True)
+                    f"mednext_lite[{{extra}}] @ git+{REPOSITORY}.git"], check=True)
+if IN_COLAB:
+    import ipywidgets
+
+    if int(ipywidgets.__version__.split(".")[0]) >= 8:  # Colab renders ipywidgets 8 only through this manager
+        from google.colab import output
+
+        output.enable_custom_widget_manager()
 '''
 
 _MARK = re.compile(r"^# %%(?: \[(markdown|parameters)\])?\s*$")
