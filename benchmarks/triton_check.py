@@ -69,14 +69,14 @@ def directions(op: str, x, w, b, gy, stride: int, pad: list[int]):
             "grad_input": lambda: ops.dw_conv(gy, w, None, stride, pad),
             "grad_weight": lambda: ops.dw_conv_weight_grad(x, gy, k, stride, pad),
         }
-        theirs_fwd = lambda: F.conv_transpose3d(x, w, b, stride=stride, padding=pad, groups=c)  # noqa: E731
+        theirs_fwd = lambda: F.conv_transpose3d(x, w, b, stride=stride, padding=pad, groups=c)
     else:
         ours = {
             "forward": lambda: ops.dw_conv(x, w, b, stride, pad),
             "grad_input": lambda: ops.dw_conv_transpose(gy, w, None, stride, pad, list(x.shape[2:])),
             "grad_weight": lambda: ops.dw_conv_weight_grad(gy, x, k, stride, pad),
         }
-        theirs_fwd = lambda: F.conv3d(x, w, b, stride=stride, padding=pad, groups=c)  # noqa: E731
+        theirs_fwd = lambda: F.conv3d(x, w, b, stride=stride, padding=pad, groups=c)
     theirs = {
         "forward": theirs_fwd,
         "grad_input": lambda: aten_bwd(gy, x, w, None, *common, [True, False, False])[0],
@@ -105,7 +105,7 @@ def check_case(k: int, op: str, dtype_name: str, layout: str, args, device) -> l
         gy = gy.to(memory_format=torch.channels_last_3d)
     ours, theirs = directions(op, x, w, b, gy, stride, pad)
     # the fp32 truth from the same (rounded) inputs
-    ref_ours, ref_theirs = directions(op, x.float(), w.float(), b.float(), gy.float(), stride, pad)
+    _, ref_theirs = directions(op, x.float(), w.float(), b.float(), gy.float(), stride, pad)
     rows = []
     for direction in ("forward", "grad_input", "grad_weight"):
         t0 = time.perf_counter()

@@ -76,7 +76,9 @@ def _require(t: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# kernels (jit-compiled lazily, so that TRITON_INTERPRET is read when they are first used)
+# kernels, jit-compiled on first use so that TRITON_INTERPRET is read then, not at import. They call
+# builtins only (tl.full and tl.reduce with triton's own sum combiner, not tl.zeros / tl.sum, which
+# are jit functions): the interpreter then runs them even if triton was imported without it.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -114,11 +116,11 @@ def _dw_conv_kernel(
     i_h0 = oh * SH - PH
     i_w0 = ow * SW - PW
     acc = tl.full([BLOCK_C, TD * TH * TW], 0.0, ACC)
-    for kd in tl.static_range(KD):
+    for kd in range(KD):
         i_d = i_d0 + kd
         m_d = cmask & (i_d >= 0) & (i_d < D)
         p_d = x_base + i_d * sxd
-        for kh in tl.static_range(KH):
+        for kh in range(KH):
             i_h = i_h0 + kh
             m_h = m_d & (i_h >= 0) & (i_h < H)
             p_h = p_d + i_h * sxh
@@ -174,14 +176,14 @@ def _dw_conv_transpose_kernel(
     # so the taps past the kernel read zeros; they are masked off the input all the same
     w_base = w_ptr + c * (KD * KH * KW)
     acc = tl.full([BLOCK_C, TD * TH * TW], 0.0, ACC)
-    for md in tl.static_range(KD // SD):
+    for md in range(KD // SD):
         kd = (qd + PD) % SD + md * SD
         j_d = ld + (qd + PD - kd) // SD  # exact division: S divides qd + P - kd
         # past the kernel: an empty range (a scalar bound, not a scalar mask, which the
         # interpreter would turn into integers)
         m_d = cmask & (j_d >= 0) & (j_d < tl.where(kd < KD_REAL, D, 0))
         p_d = x_base + j_d * sxd
-        for mh in tl.static_range(KH // SH):
+        for mh in range(KH // SH):
             kh = (qh + PH) % SH + mh * SH
             j_h = lh + (qh + PH - kh) // SH
             m_h = m_d & (j_h >= 0) & (j_h < tl.where(kh < KH_REAL, H, 0))
@@ -219,8 +221,6 @@ def _dw_weight_grad_kernel(
     # part[n * tiles + tile, c, k] = sum over the tile's o of a[n, c, o] b[n, c, o * S - P + k]:
     # the tile of a is loaded once, the shifted tiles of b once per tap (from cache), and each
     # program writes its KD*KH*KW partial sums per channel; the host sums them over the tiles.
-    # Only builtins here (tl.full, tl.reduce, no tl.zeros / tl.sum, which are jit functions): the
-    # interpreter can then run the kernels even when triton was imported without TRITON_INTERPRET.
     pid = tl.program_id(0)
     pid_nc = tl.program_id(1)
     n = pid_nc // cblocks
@@ -244,11 +244,11 @@ def _dw_weight_grad_kernel(
     i_d0 = od * SD - PD
     i_h0 = oh * SH - PH
     i_w0 = ow * SW - PW
-    for kd in tl.static_range(KD):
+    for kd in range(KD):
         i_d = i_d0 + kd
         m_d = a_mask & (i_d >= 0) & (i_d < D)
         p_d = b_base + i_d * sbd
-        for kh in tl.static_range(KH):
+        for kh in range(KH):
             i_h = i_h0 + kh
             m_h = m_d & (i_h >= 0) & (i_h < H)
             p_h = p_d + i_h * sbh
