@@ -265,3 +265,20 @@ def test_imports_without_triton():
                          check=False)
     assert out.returncode == 0, out.stderr
     assert "pip install triton" in out.stdout
+
+
+def test_gpu_check_script_runs_at_toy_size(capsys):
+    """benchmarks/triton_check.py (run on the GPU machine) keeps working: one case at a toy size."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "triton_check.py"
+    spec = importlib.util.spec_from_file_location("triton_check", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    status = script.main(["--size", "6", "--channels", "3", "--batch", "1", "--kernels", "3", "--dtypes", "bf16",
+                          "--layouts", "channels_last", "--ops", "convT_s2", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.count("PASS k3 convT_s2 bf16 channels_last") == 3
+    assert "3 PASS, 0 FAIL, 0 cases skipped" in out
