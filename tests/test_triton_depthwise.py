@@ -168,6 +168,15 @@ def test_any_strides():
                                                                   padding=2, groups=4), "strided view, transposed")
 
 
+def test_empty_batch():
+    x = torch.randn(0, 3, 7, 8, device=DEVICE, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, device=DEVICE, requires_grad=True)
+    y = tdw.depthwise_conv_transpose(x, w, stride=2)
+    assert y.shape == (0, 3, 13, 15)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(w.grad, torch.zeros_like(w))
+
+
 def test_float64_gradcheck():
     """fp64 tensors accumulate in fp64, so autograd's finite differences check the backward."""
     g = torch.Generator().manual_seed(0)

@@ -23,6 +23,10 @@ from collections.abc import Sequence
 
 import torch
 
+if not hasattr(torch.library, "custom_op"):  # torch.library.custom_op arrived in torch 2.4
+    raise ImportError(f"mednext_lite.fast.triton_depthwise needs torch>=2.4, found {torch.__version__}: "
+                      "pip install -U torch")
+
 try:  # the package works without triton: only these kernels need it
     import triton
     import triton.language as tl
@@ -322,6 +326,8 @@ def _acc(*tensors: torch.Tensor):
 
 
 def _launch_conv(x, weight, bias, y, stride: int, padding: Sequence[int]) -> None:
+    if y.numel() == 0:
+        return
     k, s, pad = _geometry(x, weight.shape[2:], stride, padding)
     x5, y5 = _as5d(x), _as5d(y)
     w = weight.contiguous()
@@ -339,6 +345,8 @@ def _launch_conv(x, weight, bias, y, stride: int, padding: Sequence[int]) -> Non
 
 
 def _launch_conv_transpose(x, weight, bias, y, stride: int, padding: Sequence[int]) -> None:
+    if y.numel() == 0:
+        return
     k, s, pad = _geometry(x, weight.shape[2:], stride, padding)
     if s == (1, 1, 1):
         # stride 1: a correlation with the flipped kernel, padded by k - 1 - p
@@ -374,6 +382,8 @@ def _launch_weight_grad(a, b, kernel: Sequence[int], stride: int, padding: Seque
     tiles_h, tiles_w, cblocks = triton.cdiv(OH, th), triton.cdiv(OW, tw), triton.cdiv(C, bc)
     tiles = triton.cdiv(OD, td) * tiles_h * tiles_w
     acc_dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
+    if a.numel() == 0 or b.numel() == 0:
+        return torch.zeros((C, 1, *kernel), dtype=acc_dtype, device=a.device)
     part = torch.empty((N * tiles, C, k[0] * k[1] * k[2]), dtype=acc_dtype, device=a.device)
     _kernel(_dw_weight_grad_kernel)[(tiles, N * cblocks)](
         a5, b5, part,
