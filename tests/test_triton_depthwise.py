@@ -291,3 +291,33 @@ def test_gpu_check_script_runs_at_toy_size(capsys):
     assert status == 0, out
     assert out.count("PASS k3 convT_s2 bf16 channels_last") == 3
     assert "3 PASS, 0 FAIL, 0 cases skipped" in out
+
+
+K3 = {"KD": 3, "KH": 3, "KW": 3, "SD": 2, "SH": 2, "SW": 2, "PD": 1, "PH": 1, "PW": 1}
+COMPILE_CASES = [
+    ("_dw_conv_kernel", {"x_ptr": "*bf16", "w_ptr": "*fp32", "b_ptr": "*fp32", "y_ptr": "*bf16"},
+     dict(K3, HAS_BIAS=True, BLOCK_C=32, TD=1, TH=4, TW=8)),
+    ("_dw_conv_transpose_kernel", {"x_ptr": "*fp16", "w_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16"},
+     dict(K3, KD=4, KH=4, KW=4, KD_REAL=3, KH_REAL=3, KW_REAL=3, HAS_BIAS=False, BLOCK_C=1, TD=1, TH=16, TW=64)),
+    ("_dw_weight_grad_kernel", {"a_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32"},
+     dict(K3, BLOCK_C=1, TD=4, TH=16, TW=64)),
+]
+
+
+@pytest.mark.parametrize("name,pointers,constants", COMPILE_CASES, ids=[c[0] for c in COMPILE_CASES])
+def test_kernels_compile_for_the_gpu(monkeypatch, name, pointers, constants):
+    """The interpreter runs Python, not Triton's compiler: compile each kernel to PTX for sm_90
+    (no GPU needed) so that code only the compiler rejects fails here and not on the GPU machine."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    fn = triton.jit(getattr(tdw, name))
+    constants = dict(constants, ACC=tl.float32)
+    signature = {a: "constexpr" if a in constants else pointers.get(a, "i32") for a in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": True})
+    ptx = compiled.asm["ptx"]
+    assert ".target sm_90" in ptx and "ld.global" in ptx and "st.global" in ptx

@@ -264,6 +264,8 @@ def _dw_weight_grad_kernel(
 
 
 _KERNELS: dict[tuple[str, bool], object] = {}
+# every launch asks for fused multiply-adds (acc += x * w rounds once per tap) rather than relying
+# on Triton's default, which its 3.10 is to change
 
 
 def _kernel(fn):
@@ -340,7 +342,7 @@ def _launch_conv(x, weight, bias, y, stride: int, padding: Sequence[int]) -> Non
         x5, w, bias if bias is not None else w, y5,
         C, D, H, W, OD, OH, OW, *x5.stride(), *y5.stride(), tiles_h, tiles_w, cblocks,
         *k, *s, *pad, HAS_BIAS=bias is not None, ACC=_acc(x, weight),
-        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=4,
+        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=4, enable_fp_fusion=True,
     )
 
 
@@ -369,7 +371,7 @@ def _launch_conv_transpose(x, weight, bias, y, stride: int, padding: Sequence[in
         x5, w, bias if bias is not None else w, y5,
         C, D, H, W, OD, OH, OW, *x5.stride(), *y5.stride(), *tiles, cblocks,
         *k, *padded, *s, *pad, HAS_BIAS=bias is not None, ACC=_acc(x, weight),
-        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=4,
+        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=4, enable_fp_fusion=True,
     )
 
 
@@ -389,7 +391,7 @@ def _launch_weight_grad(a, b, kernel: Sequence[int], stride: int, padding: Seque
         a5, b5, part,
         C, D, H, W, OD, OH, OW, *a5.stride(), *b5.stride(), tiles_h, tiles_w, cblocks, tiles,
         *k, *s, *pad, ACC=_acc(a, b),
-        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=8,
+        BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=8, enable_fp_fusion=True,
     )
     return part.sum(0).view(C, 1, *kernel)
 
