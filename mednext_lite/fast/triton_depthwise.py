@@ -4,8 +4,9 @@ PyTorch runs contiguous depthwise 3D convolutions on simple CUDA kernels (one th
 no tiling, and a weight gradient that passes over the activations once per weight element). These
 kernels compute a tile of outputs per program from block loads of the input tile and its halo,
 accumulate in fp32 (fp64 for fp64 tensors), and form the weight gradient in one pass over the
-activations (per-tile partial sums, then a small reduction). They read every tensor through its
-strides, so one kernel serves contiguous and channels-last layouts; 2D runs as 3D with depth 1.
+activations (per-tile partial sums, then a small reduction; no atomics, so every result is
+deterministic). They read every tensor through its strides, so one kernel serves contiguous,
+channels-last and strided views; 2D runs as 3D with depth 1.
 
 The three kernels are registered as ``torch.library`` custom ops (``mednext_lite::dw_conv``,
 ``dw_conv_transpose``, ``dw_conv_weight_grad``) with fake implementations and autograd, so
