@@ -153,6 +153,15 @@ def test_gpu_tiling_many_programs(monkeypatch):
         lambda x_, w_, b_: F.conv_transpose3d(x_, w_, b_, stride=2, padding=1, groups=3),
         x, w, b, False,
     )
+    # the weight gradient with its depth columns split unevenly: 5 boxes deep, 2 programs of 3 boxes
+    monkeypatch.setattr(tdw, "_WGRAD_PROGRAMS_OFF_GPU", 12)
+    g = torch.Generator().manual_seed(6)
+    grad, x = (torch.randn(2, 3, 5, 3, 3, generator=g).to(DEVICE) for _ in range(2))
+    ours = tdw.dw_conv_weight_grad(grad, x, [3, 1, 1], 1, [1, 0, 0])  # a 3 x 1 x 1 kernel: 3 taps
+    ref = torch.ops.aten.convolution_backward(grad.double().cpu(), x.double().cpu(), torch.zeros(3, 1, 3, 1, 1,
+                                              dtype=torch.float64), None, [1] * 3, [1, 0, 0], [1] * 3, False,
+                                              [0] * 3, 3, [False, True, False])[1]
+    _close(ours, ref, "split weight gradient")
 
 
 def test_any_strides():
@@ -300,7 +309,7 @@ COMPILE_CASES = [
     ("_dw_conv_transpose_kernel", {"x_ptr": "*fp16", "w_ptr": "*fp16", "b_ptr": "*fp16", "y_ptr": "*fp16"},
      dict(K3, KD=4, KH=4, KW=4, KD_REAL=3, KH_REAL=3, KW_REAL=3, HAS_BIAS=False, BLOCK_C=1, TD=1, TH=16, TW=64)),
     ("_dw_weight_grad_kernel", {"a_ptr": "*fp32", "b_ptr": "*fp32", "part_ptr": "*fp32"},
-     dict(K3, BLOCK_C=1, TD=4, TH=16, TW=64)),
+     dict(K3, BLOCK_C=32, TD=1, TH=4, TW=8)),
 ]
 
 
@@ -320,4 +329,5 @@ def test_kernels_compile_for_the_gpu(monkeypatch, name, pointers, constants):
     compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "enable_fp_fusion": True})
     ptx = compiled.asm["ptx"]
-    assert ".target sm_90" in ptx and "ld.global" in ptx and "st.global" in ptx
+    writes = "red.global.gpu.relaxed.add" if name == "_dw_weight_grad_kernel" else "st.global"
+    assert ".target sm_90" in ptx and "ld.global" in ptx and writes in ptx

@@ -4,7 +4,8 @@ PyTorch runs contiguous depthwise 3D convolutions on simple CUDA kernels (one th
 no tiling, and a weight gradient that passes over the activations once per weight element). These
 kernels compute a tile of outputs per program from block loads of the input tile and its halo,
 accumulate in fp32 (fp64 for fp64 tensors), and form the weight gradient in one pass over the
-activations (per-tile partial sums, then a small reduction; no atomics, so every result is
+activations (each program sums a column of tiles into a row of partial sums of its own, then a
+small reduction on the host; no program shares an address with another, so results are
 deterministic). They read every tensor through its strides, so one kernel serves contiguous,
 channels-last and strided views; 2D runs as 3D with depth 1.
 
@@ -42,6 +43,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _TILE_ELEMENTS = 1024
 _WGRAD_TILE_ELEMENTS = 4096
 _MAX_BLOCK_C = 32
+_WGRAD_PROGRAMS_OFF_GPU = 4  # weight-gradient programs to aim for when not on CUDA (the interpreter)
 # Triton's interpreter pays per operation, not per element: one program per sample (and phase)
 # covering every channel and the whole volume keeps it fast; tests switch this off to run the
 # GPU tiling through the interpreter too
@@ -216,52 +218,56 @@ def _dw_weight_grad_kernel(
     C, D, H, W, OD, OH, OW,
     san, sac, sad, sah, saw,
     sbn, sbc, sbd, sbh, sbw,
-    tiles_h, tiles_w, cblocks, tiles,
+    tiles_h, tiles_w, cblocks, d_iters, rows,
     KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SD: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
     PD: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK_C: tl.constexpr, TD: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
 ):
-    # part[n * tiles + tile, c, k] = sum over the tile's o of a[n, c, o] b[n, c, o * S - P + k]:
-    # the tile of a is loaded once, the shifted tiles of b once per tap (from cache), and each
-    # program writes its KD*KH*KW partial sums per channel; the host sums them over the tiles.
+    # part[n * rows + program, c, k] = sum of a[n, c, o] b[n, c, o * S - P + k] over the outputs o
+    # of the program's column of d_iters boxes along depth. Per box the tile of a is loaded once,
+    # the shifted tiles of b once per tap (from cache), and the per-channel sum of each tap is added
+    # to the program's own row (atomics no other program touches, issued in program order, so the
+    # result is deterministic); the host then sums the few rows.
     pid = tl.program_id(0)
     pid_nc = tl.program_id(1)
     n = pid_nc // cblocks
     cb = pid_nc % cblocks
     tw = pid % tiles_w
     th = (pid // tiles_w) % tiles_h
-    td = pid // (tiles_w * tiles_h)
+    ds = pid // (tiles_w * tiles_h)
     c1 = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     c = c1[:, None]
     cmask = c < C
+    c1_mask = c1 < C
     p = tl.arange(0, TD * TH * TW)[None, :]
-    od = td * TD + p // (TH * TW)
     oh = th * TH + (p // TW) % TH
     ow = tw * TW + p % TW
-    a_mask = cmask & (od < OD) & (oh < OH) & (ow < OW)
-    a_off = n.to(tl.int64) * san + c.to(tl.int64) * sac + od * sad + oh * sah + ow * saw
-    av = tl.load(a_ptr + a_off, mask=a_mask, other=0.0).to(ACC)
+    hw_mask = cmask & (oh < OH) & (ow < OW)
+    a_base = a_ptr + n.to(tl.int64) * san + c.to(tl.int64) * sac + oh * sah + ow * saw
     b_base = b_ptr + n.to(tl.int64) * sbn + c.to(tl.int64) * sbc
-    part_base = part_ptr + ((n * tiles + pid).to(tl.int64) * C + c1) * (KD * KH * KW)
-    c1_mask = c1 < C
-    i_d0 = od * SD - PD
+    part_base = part_ptr + ((n * rows + pid).to(tl.int64) * C + c1) * (KD * KH * KW)
     i_h0 = oh * SH - PH
     i_w0 = ow * SW - PW
-    for kd in range(KD):
-        i_d = i_d0 + kd
-        m_d = a_mask & (i_d >= 0) & (i_d < D)
-        p_d = b_base + i_d * sbd
-        for kh in range(KH):
-            i_h = i_h0 + kh
-            m_h = m_d & (i_h >= 0) & (i_h < H)
-            p_h = p_d + i_h * sbh
-            for kw in tl.static_range(KW):
-                i_w = i_w0 + kw
-                bv = tl.load(p_h + i_w * sbw, mask=m_h & (i_w >= 0) & (i_w < W), other=0.0)
-                s = tl.reduce(av * bv.to(ACC), 1, tl.standard._sum_combine)
-                tl.store(part_base + ((kd * KH + kh) * KW + kw), s, mask=c1_mask)
+    for it in range(d_iters):
+        od = (ds * d_iters + it) * TD + p // (TH * TW)
+        a_mask = hw_mask & (od < OD)
+        av = tl.load(a_base + od * sad, mask=a_mask, other=0.0).to(ACC)
+        i_d0 = od * SD - PD
+        for kd in range(KD):
+            i_d = i_d0 + kd
+            m_d = a_mask & (i_d >= 0) & (i_d < D)
+            p_d = b_base + i_d * sbd
+            for kh in range(KH):
+                i_h = i_h0 + kh
+                m_h = m_d & (i_h >= 0) & (i_h < H)
+                p_h = p_d + i_h * sbh
+                for kw in tl.static_range(KW):
+                    i_w = i_w0 + kw
+                    bv = tl.load(p_h + i_w * sbw, mask=m_h & (i_w >= 0) & (i_w < W), other=0.0)
+                    s = tl.reduce(av * bv.to(ACC), 1, tl.standard._sum_combine)
+                    tl.atomic_add(part_base + ((kd * KH + kh) * KW + kw), s, mask=c1_mask, sem="relaxed")
 
 
 _KERNELS: dict[tuple[str, bool], object] = {}
@@ -376,21 +382,33 @@ def _launch_conv_transpose(x, weight, bias, y, stride: int, padding: Sequence[in
     )
 
 
+def _wgrad_programs(device: torch.device) -> int:
+    """How many programs the weight gradient aims for: enough to fill the GPU, no more (each one
+    adds a row of partial sums)."""
+    if device.type == "cuda":
+        return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+    return _WGRAD_PROGRAMS_OFF_GPU
+
+
 def _launch_weight_grad(a, b, kernel: Sequence[int], stride: int, padding: Sequence[int]) -> torch.Tensor:
     k, s, pad = _geometry(a, kernel, stride, padding)
     a5, b5 = _as5d(a), _as5d(b)
     N, C, OD, OH, OW = a5.shape
     _, _, D, H, W = b5.shape
-    bc, td, th, tw = _tile(C, (OD, OH, OW), _is_channels_last(a), _WGRAD_TILE_ELEMENTS)
-    tiles_h, tiles_w, cblocks = triton.cdiv(OH, th), triton.cdiv(OW, tw), triton.cdiv(C, bc)
-    tiles = triton.cdiv(OD, td) * tiles_h * tiles_w
     acc_dtype = torch.float64 if torch.float64 in (a.dtype, b.dtype) else torch.float32
     if a.numel() == 0 or b.numel() == 0:
         return torch.zeros((C, 1, *kernel), dtype=acc_dtype, device=a.device)
-    part = torch.empty((N * tiles, C, k[0] * k[1] * k[2]), dtype=acc_dtype, device=a.device)
-    _kernel(_dw_weight_grad_kernel)[(tiles, N * cblocks)](
+    bc, td, th, tw = _tile(C, (OD, OH, OW), _is_channels_last(a), _WGRAD_TILE_ELEMENTS)
+    tiles_d, tiles_h, tiles_w, cblocks = (triton.cdiv(OD, td), triton.cdiv(OH, th), triton.cdiv(OW, tw),
+                                          triton.cdiv(C, bc))
+    # split each depth column into as few pieces as fill the device
+    d_splits = max(1, min(tiles_d, triton.cdiv(_wgrad_programs(a.device), N * cblocks * tiles_h * tiles_w)))
+    d_iters = triton.cdiv(tiles_d, d_splits)
+    rows = triton.cdiv(tiles_d, d_iters) * tiles_h * tiles_w
+    part = torch.zeros((N * rows, C, k[0] * k[1] * k[2]), dtype=acc_dtype, device=a.device)
+    _kernel(_dw_weight_grad_kernel)[(rows, N * cblocks)](
         a5, b5, part,
-        C, D, H, W, OD, OH, OW, *a5.stride(), *b5.stride(), tiles_h, tiles_w, cblocks, tiles,
+        C, D, H, W, OD, OH, OW, *a5.stride(), *b5.stride(), tiles_h, tiles_w, cblocks, d_iters, rows,
         *k, *s, *pad, ACC=_acc(a, b),
         BLOCK_C=bc, TD=td, TH=th, TW=tw, num_warps=8, enable_fp_fusion=True,
     )
