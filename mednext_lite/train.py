@@ -53,7 +53,7 @@ from .interop import (
 )
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
-from .perf import fastest_settings, keep_freed_memory
+from .fast.allocator import keep_freed_memory
 from .safe_io import atomic_write
 from .variants import get_preset, preset_config
 
@@ -134,7 +134,7 @@ class TrainConfig:
         num_samples: patches cut from each loaded case (batch_size must be a multiple of it).
         amp: ``"auto"`` (bf16 if supported, else fp16 on CUDA; off on CPU), ``"bf16"``, ``"fp16"``, ``"off"``.
         keep_freed_memory: on CPU and without gradient checkpointing, let the process reuse freed
-            tensor memory (:func:`mednext_lite.perf.keep_freed_memory`: 3D steps up to 2x faster;
+            tensor memory (:func:`mednext_lite.fast.allocator.keep_freed_memory`: 3D steps up to 2x faster;
             left off with checkpointing, whose memory saving it shrank from x0.43 to x0.69). It is
             process-wide: once on, it stays on for later runs in the same process.
         grad_checkpointing: ``None`` follows the preset (on for M and L).
@@ -512,7 +512,7 @@ class Trainer:
         if self.device.type == "cpu" and cfg.keep_freed_memory and not self.model.grad_checkpointing:
             keep_freed_memory()  # not with checkpointing: the kept heap ate most of its memory saving
         if self.device.type == "cuda":  # fixed patch size: let cuDNN time its algorithms once (process-wide)
-            torch.backends.cudnn.benchmark = fastest_settings(self.device)["cudnn_benchmark"]
+            torch.backends.cudnn.benchmark = True
         self.net: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -9,33 +9,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from mednext_lite import MedNeXt, MedNeXtConfig
-from mednext_lite.blocks import (
+from mednext_lite import MedNeXtBlock, MedNeXtUpBlock
+from mednext_lite.blocks import make_norm
+from mednext_lite.fast.allocator import keep_freed_memory
+from mednext_lite.fast.conv import (
     DepthwiseConv2d,
     DepthwiseConv3d,
     DepthwiseTransposedConv2d,
     DepthwiseTransposedConv3d,
-    MedNeXtBlock,
-    MedNeXtUpBlock,
-    PerChannelGroupNorm,
     PointwiseConv2d,
     PointwiseConv3d,
-    _depthwise_weight_grad_2d,
     _DepthwiseGrad,
-    _NormPointwise,
-    _PerChannelNorm,
     _TransposedDepthwiseGrad,
-    make_norm,
+    depthwise_weight_grad_2d,
     pointwise_conv,
 )
-from mednext_lite.perf import (
+from mednext_lite.fast.layout import (
     as_memory_format,
     channels_last_format,
-    fastest_settings,
-    keep_freed_memory,
     preferred_memory_format,
     resolve_memory_format,
     to_channels_last,
 )
+from mednext_lite.fast.norm import PerChannelGroupNorm, _NormPointwise, _PerChannelNorm, fold_applies
 
 
 def tiny(spatial_dims: int, **kw) -> MedNeXtConfig:
@@ -172,7 +168,7 @@ def test_2d_depthwise_weight_gradient_in_strips_equals_the_direct_one(k, stride)
     y = nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=3)
     grad = torch.randn_like(y).contiguous(memory_format=torch.channels_last)
     direct = torch.autograd.grad((y * grad).sum(), w)[0]
-    strips = _depthwise_weight_grad_2d(grad, x, k, stride=stride)
+    strips = depthwise_weight_grad_2d(grad, x, k, stride=stride)
     assert strips.shape == (3, 1, k, k)
     torch.testing.assert_close(strips, direct, rtol=1e-12, atol=1e-12)
 
@@ -246,17 +242,18 @@ def test_blocks_fold_the_norm_only_when_nothing_watches_it():
     torch.manual_seed(0)
     block = MedNeXtBlock(4, spatial_dims=2, expansion_ratio=2)
     x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert block._fused_norm_applies(x)
-    assert not block._fused_norm_applies(x.contiguous())  # channels-first: PyTorch's GroupNorm
-    assert not MedNeXtBlock(4, spatial_dims=2, norm="layer")._fused_norm_applies(x)
+    assert fold_applies(x, block.norm, block.conv2)
+    assert not fold_applies(x.contiguous(), block.norm, block.conv2)  # channels-first: PyTorch's GroupNorm
+    layer = MedNeXtBlock(4, spatial_dims=2, norm="layer")
+    assert not fold_applies(x, layer.norm, layer.conv2)
     fused = block(x)
     seen = []
     handle = block.norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    assert not block._fused_norm_applies(x)
+    assert not fold_applies(x, block.norm, block.conv2)
     torch.testing.assert_close(block(x), fused)  # the hook sees the norm run, the output is the same
     assert seen == [(1, 4, 8, 8)]
     handle.remove()
-    assert block._fused_norm_applies(x)
+    assert fold_applies(x, block.norm, block.conv2)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -321,12 +318,6 @@ def test_to_channels_last_keeps_values_and_switches_the_model():
         assert torch.equal(v, before[k]), k
 
 
-def test_fastest_settings_for_cpu():
-    s = fastest_settings("cpu")
-    assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False,
-                 "keep_freed_memory": True}
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc/self/stat are Linux's")
 def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
     # Process-wide, so in a child. Three 40 MiB tensors alive at once and freed, five times over, like
@@ -334,7 +325,7 @@ def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
     # 4 KiB page, every time); once the switch is on, the heap keeps them and they fault no more.
     code = (
         "import torch\n"
-        "from mednext_lite.perf import keep_freed_memory\n"
+        "from mednext_lite.fast.allocator import keep_freed_memory\n"
         "def faults():\n"
         "    return int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[7])\n"
         "def churn():\n"
