@@ -44,6 +44,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from .fast.allocator import keep_freed_memory
 from .inference import _summarise, evaluate_model, window_size, write_csv
 from .interop import (
     CheckpointError,
@@ -53,7 +54,6 @@ from .interop import (
 )
 from .losses import make_loss
 from .model import DIVISOR, MedNeXt, MedNeXtConfig
-from .fast.allocator import keep_freed_memory
 from .safe_io import atomic_write
 from .variants import get_preset, preset_config
 
