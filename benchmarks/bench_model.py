@@ -11,7 +11,7 @@ Sections (``--only`` picks some, comma-separated):
 * ``peak``: our training step's achieved GFLOP/s next to a 4096^2 float32 matmul in the same run,
   and the ceiling that matmul rate puts on any speed-up of the same maths.
 * ``alloc``: our 3D k3 step with glibc's default allocator settings against the same step after
-  ``mednext_lite.perf.keep_freed_memory()`` (what the trainer does on CPU).
+  ``mednext_lite.fast.allocator.keep_freed_memory()`` (what the trainer does on CPU).
 
 ``--keep-freed-memory`` applies that switch to every worker, ours and MONAI's alike, so that the
 train/ckpt/infer ratios compare the networks, not the allocator settings.
@@ -77,7 +77,7 @@ def worker(spec: dict[str, Any]) -> None:
     """Answer ``check PATH`` / ``step`` / ``infer`` / ``mem`` / ``quit`` lines on stdin with JSON lines."""
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     if spec.get("keep_freed_memory"):
-        from mednext_lite.perf import keep_freed_memory
+        from mednext_lite.fast.allocator import keep_freed_memory
 
         keep_freed_memory()
     model = _build(spec)
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--infer-kernels", type=int, nargs="+", default=[3])
     p.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch's default)")
     p.add_argument("--keep-freed-memory", action="store_true",
-                   help="apply mednext_lite.perf.keep_freed_memory() in every worker, ours and MONAI's")
+                   help="apply mednext_lite.fast.allocator.keep_freed_memory() in every worker, ours and MONAI's")
     p.add_argument("--json", type=Path, help="also write the rows here")
     args = p.parse_args(argv)
     if args.worker:

@@ -1,4 +1,4 @@
-"""Op-level CPU measurements behind the fast-path choices in ``mednext_lite/blocks.py``.
+"""Op-level CPU measurements behind the fast-path choices in ``mednext_lite/fast/``.
 
 Each row times two or three ways of computing the same thing, alternating them (A B C, C B A, ...)
 and printing medians in milliseconds:
@@ -7,7 +7,7 @@ and printing medians in milliseconds:
   channels-last tensor, ours (``PerChannelGroupNorm``) on the same tensor, PyTorch's kernel on a
   channels-first copy; and each one's max |error| of the output against a float64 run.
 * ``wgrad``: the 2D depthwise weight gradient on NHWC tensors, one k x k oneDNN call against
-  ``_depthwise_weight_grad_2d``'s k x 3 strips.
+  ``depthwise_weight_grad_2d``'s k x 3 strips.
 * ``pointwise``: a 2D 1x1 conv forward + backward on NHWC tensors, oneDNN's conv against ``F.linear``.
 * ``transposed``: the up blocks' stride-2 transposed depthwise conv, forward + backward on
   channels-last tensors: PyTorch's kernel against ``DepthwiseTransposedConv2d/3d``, with the max
@@ -33,15 +33,14 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mednext_lite.blocks import (
+from mednext_lite.fast.conv import (
     DepthwiseTransposedConv2d,
     DepthwiseTransposedConv3d,
-    PerChannelGroupNorm,
-    _depthwise_weight_grad_2d,
-    _NormPointwise,
+    depthwise_weight_grad_2d,
     pointwise_conv,
 )
-from mednext_lite.perf import channels_last_format
+from mednext_lite.fast.layout import channels_last_format
+from mednext_lite.fast.norm import PerChannelGroupNorm, _NormPointwise
 
 
 def medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -111,7 +110,7 @@ def bench_wgrad(repeats: int) -> None:
             return torch.ops.aten.convolution_backward(
                 grad, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], c, [False, True, False])
 
-        ms = medians({"direct": direct, "strips": lambda k=k: _depthwise_weight_grad_2d(grad, x, k)}, repeats)
+        ms = medians({"direct": direct, "strips": lambda k=k: depthwise_weight_grad_2d(grad, x, k)}, repeats)
         print(f"| {k} | {ms['direct']:.1f} | {ms['strips']:.1f} | {ms['direct'] / ms['strips']:.2f}x |", flush=True)
 
 

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this script is for the GPU machine (benchmarks/gpu_check.sh)")
         return 2
-    from mednext_lite.perf import to_channels_last
+    from mednext_lite.fast.layout import to_channels_last
 
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU dry run"

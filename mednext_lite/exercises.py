@@ -196,7 +196,7 @@ def _down_cases() -> list[tuple[Any, torch.Tensor]]:
     cases = []
     for c, r, k, d, grn, res, size in ((8, 3, 3, 3, False, True, 8), (6, 2, 5, 2, True, True, 16),
                                       (4, 4, 3, 2, False, False, 12)):
-        block = MedNeXtDownBlock(c, expansion_ratio=r, kernel_size=k, spatial_dims=d, grn=grn, residual=res).eval()
+        block = MedNeXtDownBlock(c, expansion_ratio=r, kernel_size=k, spatial_dims=d, grn=grn, conv_residual=res).eval()
         with torch.no_grad():  # non-trivial norm and GRN parameters, so a skipped layer is visible
             block.norm.weight.uniform_(0.5, 1.5)
             block.norm.bias.uniform_(-0.5, 0.5)
@@ -216,7 +216,7 @@ def check_down_block_forward(fn: Callable[[Any, torch.Tensor], torch.Tensor]) ->
         "size of tensor": "x has C channels at full resolution, the branch 2C at half: the down block's residual "
                           "path is block.res_conv(x) (a stride-2 1x1 conv), not x itself",
         "'NoneType' object is not callable": "block.res_conv is None when the block is built without a residual path "
-                                             "(residual=False): return the branch alone then",
+                                             "(conv_residual=False): return the branch alone then",
     }
     for block, x in _down_cases():
         with torch.no_grad():

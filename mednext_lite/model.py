@@ -19,15 +19,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import (
-    NORMS,
-    Head,
-    MedNeXtBlock,
-    MedNeXtDownBlock,
-    MedNeXtUpBlock,
-    pointwise_conv,
-)
-from .perf import MEMORY_FORMATS, as_memory_format, resolve_memory_format
+from .blocks import NORMS, Head, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock
+from .fast.conv import pointwise_conv
+from .fast.layout import MEMORY_FORMATS, as_memory_format, resolve_memory_format
 
 LEVELS = 4
 NUM_STAGES = 2 * LEVELS + 1
@@ -42,7 +36,8 @@ TOPOLOGIES = {
 }
 
 
-def _nine(name: str, value: Any) -> tuple[int, ...]:
+def _per_stage(name: str, value: Any) -> tuple[int, ...]:
+    """``value`` as one positive int per stage: an int repeated, or a sequence of exactly NUM_STAGES."""
     if isinstance(value, int):
         return (value,) * NUM_STAGES
     value = tuple(int(v) for v in value)
@@ -69,8 +64,8 @@ class MedNeXtConfig:
         dec_kernel_size: depthwise kernel of the bottleneck, up blocks and decoder blocks.
         spatial_dims: 2 or 3.
         deep_supervision: build the four extra heads (1/2 .. 1/16 resolution).
-        residual: identity residual inside each MedNeXt block.
-        residual_up_down: 1x1 residual path in the down and up blocks.
+        residual: identity residual inside each MedNeXt block (the blocks' ``residual``).
+        residual_up_down: 1x1 conv residual path in the down and up blocks (their ``conv_residual``).
         norm: ``"group"`` or ``"layer"``.
         grn: global response norm in every block (in the down blocks as ``topology`` says).
         topology: how the down blocks are built, one of :data:`TOPOLOGIES`: ``"reference"`` (the
@@ -93,8 +88,8 @@ class MedNeXtConfig:
     topology: str = "reference"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "expansion_ratios", _nine("expansion_ratios", self.expansion_ratios))
-        object.__setattr__(self, "block_counts", _nine("block_counts", self.block_counts))
+        object.__setattr__(self, "expansion_ratios", _per_stage("expansion_ratios", self.expansion_ratios))
+        object.__setattr__(self, "block_counts", _per_stage("block_counts", self.block_counts))
         for name in ("in_channels", "num_classes", "base_width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
@@ -180,14 +175,14 @@ class MedNeXt(nn.Module):
         self.encoders = nn.ModuleList(stage(i, i, c.enc_kernel_size) for i in range(LEVELS))
         self.downs = nn.ModuleList(
             MedNeXtDownBlock(c.width(i), expansion_ratio=c.down_ratio(i), kernel_size=c.enc_kernel_size,
-                             residual=c.residual_up_down, **{**common, "grn": c.down_grn(i)})
+                             conv_residual=c.residual_up_down, **{**common, "grn": c.down_grn(i)})
             for i in range(LEVELS)
         )
         self.bottleneck = stage(LEVELS, LEVELS, c.dec_kernel_size)
         # ups[i] and decoders[i] produce level i; they belong to stage 8 - i.
         self.ups = nn.ModuleList(
             MedNeXtUpBlock(c.width(i + 1), expansion_ratio=r[8 - i], kernel_size=c.dec_kernel_size,
-                           residual=c.residual_up_down, **common)
+                           conv_residual=c.residual_up_down, **common)
             for i in range(LEVELS)
         )
         self.decoders = nn.ModuleList(stage(i, 8 - i, c.dec_kernel_size) for i in range(LEVELS))
@@ -222,7 +217,7 @@ class MedNeXt(nn.Module):
 
     def set_memory_format(self, memory_format: str = "auto") -> MedNeXt:
         """Layout of the feature maps: ``"auto"`` (fastest for the input's device, see
-        :mod:`mednext_lite.perf`), ``"channels_last"`` or ``"contiguous"``.
+        :mod:`mednext_lite.fast.layout`), ``"channels_last"`` or ``"contiguous"``.
 
         Only where numbers sit in memory changes, never the maths; outputs are always returned in
         the default contiguous layout.

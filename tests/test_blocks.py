@@ -53,9 +53,9 @@ def test_down_and_up_blocks_shapes_and_residual_paths(spatial_dims):
 
 
 def test_up_down_without_residual_paths():
-    assert MedNeXtDownBlock(4, residual=False).res_conv is None
+    assert MedNeXtDownBlock(4, conv_residual=False).res_conv is None
     x = torch.randn(1, 8, 4, 4, 4)
-    up = MedNeXtUpBlock(8, residual=False)
+    up = MedNeXtUpBlock(8, conv_residual=False)
     torch.testing.assert_close(up(x), F.pad(up.branch(x), (1, 0) * 3))
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 # Same chain as the MedNeXt block of lesson 01, with two differences the layers themselves carry:
 # `conv1` has stride 2 (half the size) and `conv3` produces 2C channels. So the input `x` (C channels,
 # full size) cannot be added to the branch; the residual path is `res_conv(x)`, a stride-2 1x1 conv C -> 2C,
-# and a block built with `residual=False` has `res_conv = None`. `grn` is `nn.Identity` when GRN is off,
+# and a block built with `conv_residual=False` has `res_conv = None`. `grn` is `nn.Identity` when GRN is off,
 # so calling it always is correct.
 
 # %%

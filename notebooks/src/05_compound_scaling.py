@@ -58,8 +58,8 @@ import torch
 from matplotlib.figure import Figure
 
 from mednext_lite import MedNeXt, MedNeXtConfig, compound_scale, get_preset, preset_config
+from mednext_lite.fast.allocator import keep_freed_memory
 from mednext_lite.notebooks import Lesson, collect_csv, sized
-from mednext_lite.perf import keep_freed_memory
 from mednext_lite.profile import count_macs, count_parameters, receptive_field
 
 p = sized(size, {

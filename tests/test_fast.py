@@ -8,33 +8,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mednext_lite import MedNeXt, MedNeXtConfig
-from mednext_lite.blocks import (
+from mednext_lite import MedNeXt, MedNeXtBlock, MedNeXtConfig, MedNeXtUpBlock, fast
+from mednext_lite.blocks import make_norm
+from mednext_lite.fast.allocator import keep_freed_memory
+from mednext_lite.fast.conv import (
     DepthwiseConv2d,
     DepthwiseConv3d,
     DepthwiseTransposedConv2d,
     DepthwiseTransposedConv3d,
-    MedNeXtBlock,
-    MedNeXtUpBlock,
-    PerChannelGroupNorm,
     PointwiseConv2d,
     PointwiseConv3d,
-    _depthwise_weight_grad_2d,
     _DepthwiseGrad,
-    _NormPointwise,
-    _PerChannelNorm,
     _TransposedDepthwiseGrad,
-    make_norm,
+    depthwise_weight_grad_2d,
     pointwise_conv,
 )
-from mednext_lite.perf import (
+from mednext_lite.fast.layout import (
     as_memory_format,
     channels_last_format,
-    fastest_settings,
-    keep_freed_memory,
     preferred_memory_format,
     resolve_memory_format,
     to_channels_last,
+)
+from mednext_lite.fast.norm import (
+    PerChannelGroupNorm,
+    _NormPointwise,
+    _PerChannelNorm,
+    fold_applies,
 )
 
 
@@ -172,7 +172,7 @@ def test_2d_depthwise_weight_gradient_in_strips_equals_the_direct_one(k, stride)
     y = nn.functional.conv2d(x, w, stride=stride, padding=k // 2, groups=3)
     grad = torch.randn_like(y).contiguous(memory_format=torch.channels_last)
     direct = torch.autograd.grad((y * grad).sum(), w)[0]
-    strips = _depthwise_weight_grad_2d(grad, x, k, stride=stride)
+    strips = depthwise_weight_grad_2d(grad, x, k, stride=stride)
     assert strips.shape == (3, 1, k, k)
     torch.testing.assert_close(strips, direct, rtol=1e-12, atol=1e-12)
 
@@ -246,17 +246,18 @@ def test_blocks_fold_the_norm_only_when_nothing_watches_it():
     torch.manual_seed(0)
     block = MedNeXtBlock(4, spatial_dims=2, expansion_ratio=2)
     x = torch.randn(1, 4, 8, 8).contiguous(memory_format=torch.channels_last)
-    assert block._fused_norm_applies(x)
-    assert not block._fused_norm_applies(x.contiguous())  # channels-first: PyTorch's GroupNorm
-    assert not MedNeXtBlock(4, spatial_dims=2, norm="layer")._fused_norm_applies(x)
+    assert fold_applies(x, block.norm, block.conv2)
+    assert not fold_applies(x.contiguous(), block.norm, block.conv2)  # channels-first: PyTorch's GroupNorm
+    layer = MedNeXtBlock(4, spatial_dims=2, norm="layer")
+    assert not fold_applies(x, layer.norm, layer.conv2)
     fused = block(x)
     seen = []
     handle = block.norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    assert not block._fused_norm_applies(x)
+    assert not fold_applies(x, block.norm, block.conv2)
     torch.testing.assert_close(block(x), fused)  # the hook sees the norm run, the output is the same
     assert seen == [(1, 4, 8, 8)]
     handle.remove()
-    assert block._fused_norm_applies(x)
+    assert fold_applies(x, block.norm, block.conv2)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -321,12 +322,6 @@ def test_to_channels_last_keeps_values_and_switches_the_model():
         assert torch.equal(v, before[k]), k
 
 
-def test_fastest_settings_for_cpu():
-    s = fastest_settings("cpu")
-    assert s == {"memory_format": "auto", "autocast_dtype": None, "compile": False, "cudnn_benchmark": False,
-                 "keep_freed_memory": True}
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc/self/stat are Linux's")
 def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
     # Process-wide, so in a child. Three 40 MiB tensors alive at once and freed, five times over, like
@@ -334,7 +329,7 @@ def test_keep_freed_memory_stops_page_faults_on_reused_feature_maps():
     # 4 KiB page, every time); once the switch is on, the heap keeps them and they fault no more.
     code = (
         "import torch\n"
-        "from mednext_lite.perf import keep_freed_memory\n"
+        "from mednext_lite.fast.allocator import keep_freed_memory\n"
         "def faults():\n"
         "    return int(open('/proc/self/stat').read().rsplit(')', 1)[1].split()[7])\n"
         "def churn():\n"
@@ -370,3 +365,83 @@ def test_cpu_autocast_trains_through_the_fast_paths(spatial_dims):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.fixture
+def switch_restored():
+    previous = fast.enabled()
+    yield
+    fast.enabled(previous)
+
+
+def test_the_switch_reads_sets_and_returns_the_previous_setting(switch_restored):
+    assert fast.enabled() is True  # on by default
+    assert fast.enabled(False) is True and fast.enabled() is False
+    assert fast.enabled(True) is False and fast.enabled() is True
+    with pytest.raises(TypeError, match="flag=1 must be True, False or None"):
+        fast.enabled(1)
+
+
+def test_applies_truth_table(switch_restored):
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 3, 1)
+    assert fast.applies(x) and fast.applies(x.double()) and fast.applies(x, conv)
+    assert fast.applies(torch.randn(2, 3, 4, 4, 4).contiguous(memory_format=torch.channels_last_3d))
+    assert not fast.applies(x.contiguous())  # channels-first
+    assert not fast.applies(x.half()) and not fast.applies(x.bfloat16())
+    assert not fast.applies(x.to("meta"))  # not a CPU tensor
+    assert not fast.applies(torch.randn(2, 3, 4))  # 3-D
+    one = torch.randn(2, 1, 4, 4)  # passes PyTorch's channels-last test with channels-first strides
+    assert one.is_contiguous(memory_format=torch.channels_last) and not fast.applies(one)
+    assert fast.applies(as_memory_format(one, torch.channels_last))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fast.applies(x)
+    handle = conv.register_forward_hook(lambda m, i, o: None)
+    assert not fast.applies(x, conv) and fast.applies(x)  # hooks matter only on modules a path skips
+    handle.remove()
+    handle = conv.register_full_backward_hook(lambda m, gi, go: None)
+    assert not fast.applies(x, conv)
+    handle.remove()
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+    assert not fast.applies(x, conv) and fast.applies(x)
+    handle.remove()
+    assert fast.applies(x, conv)
+    fast.enabled(False)
+    assert not fast.applies(x) and not fast.applies(x, conv)
+
+
+def custom_function_nodes(out: torch.Tensor) -> set[str]:
+    """Names of the hand-written autograd Functions in ``out``'s backward graph."""
+    seen, names, todo = set(), set(), [out.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            names.add(type(node).__name__)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_switch_off_runs_plain_pytorch_with_the_same_outputs_and_gradients(spatial_dims, switch_restored):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims, deep_supervision=True)).train().set_memory_format("channels_last")
+    x = torch.randn(2, 2, *([32] * spatial_dims))
+    assert custom_function_nodes(model(x)[0]) == {
+        "_DepthwiseGradBackward", "_NormPointwiseBackward", "_TransposedDepthwiseGradBackward", "_PaddedSumBackward"}
+    out, grads = outputs_and_grads(model, x)
+    fast.enabled(False)
+    features = model.forward_features(x)
+    assert all(f.is_contiguous(memory_format=channels_last_format(spatial_dims)) for f in features)
+    assert custom_function_nodes(model(x)[0]) == set()
+    plain_out, plain_grads = outputs_and_grads(model, x)
+    for a, b in zip(plain_out, out):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    scale = max(g.abs().max() for g in plain_grads.values())
+    for name in plain_grads:
+        torch.testing.assert_close(grads[name], plain_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
+    # "auto" is the default layout with the switch off: the reference's channels-first kernels
+    assert preferred_memory_format("cpu", spatial_dims) == torch.contiguous_format
+    assert all(f.is_contiguous() for f in model.set_memory_format("auto").forward_features(x))
