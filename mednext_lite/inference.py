@@ -294,8 +294,8 @@ def predict_from_checkpoint(
     The output plan is checked before the checkpoint is read, and again against the
     checkpoint's task; the checkpoint itself is refused if unreadable or not finite.
     """
-    from .data.validate import load_task
     from .data.transforms import get_transforms
+    from .data.validate import load_task
 
     suffix = kwargs.get("suffix", "")
     plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected,

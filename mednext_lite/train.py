@@ -149,8 +149,8 @@ class Trainer:
         from torch.utils.data import DistributedSampler
 
         from .data.splits import get_or_make_split
-        from .data.validate import load_task
         from .data.transforms import get_transforms, make_dataset
+        from .data.validate import load_task
 
         cfg = self.cfg
         self.info = load_task(cfg.task_dir)
