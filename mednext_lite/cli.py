@@ -330,10 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    threads = None
     try:
         if getattr(args, "threads", None):
             import torch
 
+            threads = torch.get_num_threads()  # restored after the command, for callers in this process
             torch.set_num_threads(args.threads)
         return int(handler(args) or 0)
     except (Exception, KeyboardInterrupt) as err:
@@ -345,6 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             command = f"data {args.data_command}"
         print(f"mednext-lite {command}: error: {line}", file=sys.stderr)
         return status
+    finally:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

@@ -398,3 +398,16 @@ def test_a_data_subcommand_error_names_the_subcommand(tmp_path, capsys):
     assert main(["data", "synthesize", "--data-dir", str(tmp_path / "a_file"), "--no-progress"]) == 2
     line = one_line(capsys)
     assert line.startswith("mednext-lite data synthesize: error: ") and str(tmp_path / "a_file") in line
+
+
+def test_threads_apply_to_the_command_and_are_restored_after_it(tmp_path, capsys):
+    """``--threads`` sets torch's thread count for the command only: a caller in the same process
+    (a notebook, a test) keeps its own, also when the command fails."""
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    status = main(["predict", "--checkpoint", str(tmp_path / "missing.pt"), "--input", str(tmp_path / "x.nii.gz"),
+                   "--output", str(tmp_path / "p"), "--threads", str(wanted)])
+    assert status == 2 and "error:" in capsys.readouterr().err
+    assert torch.get_num_threads() == before

@@ -433,8 +433,7 @@ def test_switch_off_runs_plain_pytorch_with_the_same_outputs_and_gradients(spati
         "_DepthwiseGradBackward", "_NormPointwiseBackward", "_TransposedDepthwiseGradBackward", "_PaddedSumBackward"}
     out, grads = outputs_and_grads(model, x)
     fast.enabled(False)
-    features = model.forward_features(x)
-    assert all(f.is_contiguous(memory_format=channels_last_format(spatial_dims)) for f in features)
+    # (which layout PyTorch's own kernels return depends on the thread count: not asserted)
     assert custom_function_nodes(model(x)[0]) == set()
     plain_out, plain_grads = outputs_and_grads(model, x)
     for a, b in zip(plain_out, out):
