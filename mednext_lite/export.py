@@ -6,9 +6,9 @@ the same metadata (config, the training facts prediction repeats, exporter and v
 * ``"onnx"``: PyTorch's torch.export-based ONNX exporter (``torch.onnx.export(..., dynamo=True)``,
   onnxscript's operator library), fed with a non-strict :func:`torch.export.export` program (the
   capture that exporter makes by default; a strict capture took twice as long and is kept for
-  the exported-program format), opset 18 by default. Chosen over the TorchScript-based exporter, which PyTorch 2.13 deprecates
-  and which can only declare an axis dynamic, not "a multiple of 16". That older exporter runs
-  faster (see ``docs/export.md``), which matters once per file.
+  the exported-program format), opset 18 by default. Chosen over the TorchScript-based exporter,
+  which PyTorch 2.13 deprecates and which can only declare an axis dynamic, not "a multiple of
+  16". That older exporter runs faster (see ``docs/export.md``), which matters once per file.
 * ``"exported-program"``: a strict ``torch.export`` program (``torch.export.save``, a .pt2
   file), for ``torch.export.load(path).module()``, AOTInductor or ExecuTorch.
 * ``"torchscript"``: ``torch.jit.trace`` (``torch.jit.load``), for C++ runtimes that still read it;
@@ -122,8 +122,8 @@ def _quiet() -> Iterator[None]:
 
 def _source_model(source: Any) -> tuple[MedNeXt, dict[str, Any]]:
     """The MedNeXt to export and the training facts (task, patch size, spacing) a checkpoint records."""
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .inference import _stored_training
-    from .interop import load_checkpoint, model_from_checkpoint
 
     if isinstance(source, (str, os.PathLike)):
         ckpt = load_checkpoint(source)
@@ -366,34 +366,52 @@ def export(
 
 # -- running an .onnx file -------------------------------------------------------------------------
 
+def _providers(ort: Any, device: str) -> list[Any]:
+    """ONNX Runtime's execution providers for a device name (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    text = str(device).strip()
+    available = ort.get_available_providers()
+    if text == "auto":
+        text = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if text == "cpu":
+        return ["CPUExecutionProvider"]
+    kind, _, index = text.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise ValueError(f"device={device!r} is not a device name: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if "CUDAExecutionProvider" not in available:
+        raise ValueError(f"device={device!r} but this onnxruntime has no CUDA provider (it has "
+                         f"{', '.join(available)}): pip install onnxruntime-gpu, or use --device cpu")
+    return [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+
+
 class OnnxPredictor:
     """An exported .onnx file run by ONNX Runtime, as a callable ``x -> logits`` (torch tensors).
 
     ``config`` is the exported network's :class:`MedNeXtConfig` and ``train_config`` the training
     facts stored with it (task_dir, patch_size, spacing; empty when the export came from a bare
-    model), read from the file's metadata, so the sliding-window prediction takes this in place of
-    a network. Inputs are computed in float32 on ONNX Runtime's providers (default the CPU) and the
+    model), read from the file's metadata, so :func:`mednext_lite.inference.predict_files` and
+    ``predict_from_checkpoint`` take this in place of a network. ``device`` picks ONNX Runtime's
+    provider: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` (needs the onnxruntime-gpu package) or
+    ``"auto"`` (CUDA when that provider is installed). Windows are computed in float32 and the
     logits come back on the input's device.
     """
 
-    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, *, device: str = "cpu", threads: int | None = None) -> None:
         ort = _require("onnxruntime", "predicting with an ONNX file")
         self.path = Path(path)
         if not self.path.is_file():
             raise ValueError(f"ONNX file {self.path} does not exist: write one with "
-                             "`mednext-lite export --format onnx --checkpoint best.pt --out model.onnx`")
+                             "`mednext-lite export --checkpoint best.pt --format onnx --out model.onnx`")
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            self.session = ort.InferenceSession(str(self.path), options, providers=_providers(ort, device))
         except Exception as err:  # noqa: BLE001 -- onnxruntime's own exception classes (InvalidProtobuf, Fail)
             raise ValueError(f"{self.path}: ONNX Runtime cannot load it ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200] if str(err) else ''}): export it again with "
-                             "`mednext-lite export --format onnx`") from None
+                             f"{str(err).splitlines()[0][:200] if str(err) else ''}): pass the .onnx file "
+                             "`mednext-lite export --format onnx` wrote (a trainer checkpoint takes --backend "
+                             "pytorch)") from None
         text = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         if not text:
             raise ValueError(f"{self.path} holds no {METADATA_KEY} metadata (it was not written by mednext_lite's "

@@ -3,6 +3,9 @@ spatial sizes, the metadata prediction needs, and every refusal."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import sys
 from pathlib import Path
 
@@ -45,8 +48,8 @@ def onnx2d(net2d, tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint3d(tmp_path_factory):
     """A synthetic task and a 3D checkpoint whose train_config names it, as the trainer writes."""
+    from mednext_lite.checkpoint import save_checkpoint
     from mednext_lite.data.synthetic import make_synthetic_task
-    from mednext_lite.interop import save_checkpoint
 
     root = tmp_path_factory.mktemp("ckpt3d")
     task = make_synthetic_task(root / "data", n_train=2, n_test=1, shape=(40, 36, 30), progress=False)
@@ -55,9 +58,24 @@ def checkpoint3d(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def onnx3d(checkpoint3d):
+def onnx3d(checkpoint3d) -> tuple[Path, str]:
+    """The 3D checkpoint exported by `mednext-lite export` (example size: the stored training
+    patch), and the line the command printed."""
+    from mednext_lite.cli import main
+
     _, ckpt = checkpoint3d
-    return export(ckpt, ckpt.parent / "m3.onnx")  # example size: the stored training patch
+    out, printed = ckpt.parent / "m3.onnx", io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["export", "--checkpoint", str(ckpt), "--format", "onnx", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def _one_line(capsys) -> str:
+    """The error output of a failed command: exactly one line, no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def test_onnx_2d_matches_pytorch_at_other_batches_and_sizes(net2d, onnx2d):
@@ -80,20 +98,23 @@ def test_onnx_2d_matches_pytorch_at_other_batches_and_sizes(net2d, onnx2d):
 
 
 def test_onnx_3d_from_a_checkpoint_matches_pytorch_and_keeps_its_training_facts(checkpoint3d, onnx3d):
-    from mednext_lite.interop import model_from_checkpoint
+    from mednext_lite.checkpoint import model_from_checkpoint
 
     task, ckpt = checkpoint3d
-    assert onnx3d.max_abs_diff <= PARITY, f"max abs diff {onnx3d.max_abs_diff:.2e} at export"
-    assert onnx3d.example_shape == (2, 1, 32, 32, 32) and not onnx3d.deep_supervision_dropped
-    predictor = OnnxPredictor(onnx3d.path, threads=1)
+    path, printed = onnx3d
+    found = re.search(r"run on a 2 x 1 x 32 x 32 x 32 input: max abs diff (\S+) from PyTorch", printed)
+    assert found and float(found[1]) <= PARITY, printed
+    assert "deep-supervision" not in printed
+    predictor = OnnxPredictor(path, threads=1)
     assert predictor.train_config == {"task_dir": str(task), "patch_size": [32, 32, 32]}
-    assert read_metadata(onnx3d.path)["spatial_size"] == [32, 32, 32]
+    assert read_metadata(path)["spatial_size"] == [32, 32, 32]
     net = model_from_checkpoint(ckpt).eval()
     x = torch.randn(2, 1, 48, 32, 64)
     diff = (predictor(x) - _pytorch(net, x)).abs().max().item()
     assert diff <= PARITY, f"3D ONNX vs PyTorch at {tuple(x.shape)}: max abs diff {diff:.2e}"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_and_exported_program_round_trip(net2d, tmp_path):
     x = torch.randn(1, 1, 48, 64)
     ref = _pytorch(net2d, x)
@@ -190,3 +211,55 @@ def test_the_predictor_refuses_files_and_inputs_it_cannot_run(onnx2d, tmp_path):
     with pytest.raises(TypeError, match="floating-point"):
         predictor(torch.zeros(1, 1, 32, 32, dtype=torch.int64))
 
+
+
+def test_predict_through_onnxruntime_writes_what_pytorch_writes(checkpoint3d, onnx3d, tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from mednext_lite.checkpoint import model_from_checkpoint
+    from mednext_lite.cli import main
+    from mednext_lite.inference import sliding_window_logits
+
+    task, ckpt = checkpoint3d
+    path, _ = onnx3d
+    (image,) = sorted((task / "imagesTs").glob("*.nii.gz"))
+    common = ["--input", str(image), "--no-progress", "--sw-batch-size", "2", "--overlap", "0.25"]
+    assert main(["predict", "--checkpoint", str(ckpt), "--output", str(tmp_path / "pytorch"), *common]) == 0
+    assert main(["predict", "--backend", "onnxruntime", "--checkpoint", str(path), "--threads", "1",
+                 "--output", str(tmp_path / "onnxruntime"), *common]) == 0
+    source = nib.load(str(image))
+    ref, got = (nib.load(str(tmp_path / backend / image.name)) for backend in ("pytorch", "onnxruntime"))
+    assert ref.shape == got.shape == source.shape == (40, 36, 30)
+    assert np.array_equal(ref.affine, got.affine) and np.allclose(got.affine, source.affine, atol=1e-6)
+    a, b = np.asanyarray(ref.dataobj), np.asanyarray(got.dataobj)
+    assert len(np.unique(a)) > 1, "the network predicts one class everywhere: the comparison would say nothing"
+    assert np.array_equal(a, b), f"{int((a != b).sum())} of {a.size} voxels differ between the backends"
+    # The window logits behind those labels, stitched both ways on the same volume:
+    volume = torch.randn(1, 1, 40, 36, 30)
+    logits = [sliding_window_logits(model, volume, 32, overlap=0.25)
+              for model in (model_from_checkpoint(ckpt), OnnxPredictor(path, threads=1))]
+    diff = (logits[0] - logits[1]).abs().max().item()
+    assert diff <= PARITY, f"sliding-window logits, PyTorch vs ONNX Runtime: max abs diff {diff:.2e}"
+
+
+def test_the_commands_refuse_what_they_cannot_do_in_one_line(checkpoint3d, onnx3d, tmp_path, capsys, monkeypatch):
+    from mednext_lite.cli import main
+
+    task, ckpt = checkpoint3d
+    path, _ = onnx3d
+    inputs = ["--input", str(task / "imagesTs"), "--output", str(tmp_path / "p"), "--no-progress"]
+    assert main(["predict", "--checkpoint", str(path), *inputs]) == 2
+    assert "is an ONNX file: pass --backend onnxruntime" in _one_line(capsys)
+    assert main(["predict", "--backend", "onnxruntime", "--checkpoint", str(ckpt), *inputs]) == 2
+    assert "ONNX Runtime cannot load it" in _one_line(capsys)
+    assert main(["predict", "--backend", "onnxruntime", "--checkpoint", str(path), "--amp", *inputs]) == 2
+    assert "--amp applies to the PyTorch backend only" in _one_line(capsys)
+    assert main(["predict", "--backend", "onnxruntime", "--checkpoint", str(path), "--device", "cuda", *inputs]) == 2
+    assert "pip install onnxruntime-gpu" in _one_line(capsys)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--size", "40"]) == 2
+    assert "spatial size 40" in _one_line(capsys)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "pip install 'mednext_lite[export]'" in _one_line(capsys)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m.onnx").exists()
