@@ -14,8 +14,8 @@ the same metadata (config, the training facts prediction repeats, exporter and v
 * ``"torchscript"``: ``torch.jit.trace`` (``torch.jit.load``), for C++ runtimes that still read it;
   PyTorch 2.13 deprecates TorchScript, so prefer one of the other two.
 
-Every export runs the network's plain PyTorch path (fast paths off: contiguous layout, stock
-kernels), in eval mode and float32 on the CPU, with deep supervision off: the extra heads serve
+Every export runs the network's plain PyTorch path (``fast.enabled(False)`` and the contiguous
+layout: stock kernels only), in eval mode and float32 on the CPU, with deep supervision off: the extra heads serve
 training only, so the file returns full-resolution logits. Batch and spatial sizes stay free in
 the ONNX and exported-program files: any batch, every spatial size a multiple of 16 and at least
 32 (``16 * Dim(min=2)``; at 16 an axis would leave a single voxel at the 1/16 bottleneck, where
@@ -152,9 +152,20 @@ def _plain_copy(net: MedNeXt) -> MedNeXt:
     copy = MedNeXt(net.config.replace(deep_supervision=False))
     copy.load_state_dict({name: t.detach().to("cpu", torch.float32) for name, t in tensors
                           if not name.startswith("ds_heads.")})
-    # Channels-first layout keeps every layer on PyTorch's stock kernels: the CPU fast paths are
-    # hand-written autograd functions that only channels-last inputs reach.
     return copy.eval().set_memory_format("contiguous")
+
+
+@contextlib.contextmanager
+def _plain_pytorch() -> Iterator[None]:
+    """The fast paths off (:func:`mednext_lite.fast.enabled`, a process-wide switch) for the call:
+    an exported graph holds PyTorch's stock operators, never a hand-written autograd function."""
+    from . import fast
+
+    previous = fast.enabled(False)
+    try:
+        yield
+    finally:
+        fast.enabled(previous)
 
 
 def _example_size(spatial_size: int | Sequence[int] | None, stored_patch: Sequence[int] | None,
@@ -323,7 +334,7 @@ def export(
     config = plain.config
     size = _example_size(spatial_size, stored.get("patch_size"), config.spatial_dims)
     example = torch.randn(2, config.in_channels, *size, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), _plain_pytorch():
         reference = plain(example)
     exporter = {"onnx": f"torch.onnx.export(dynamo=True) of a torch.export program, opset {opset}",
                 "exported-program": "torch.export.export(strict=True)",
@@ -340,7 +351,7 @@ def export(
     found: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
-        with _quiet():
+        with _quiet(), _plain_pytorch():
             if format == "onnx":
                 _write_onnx(plain, example, tmp, opset, meta)
             elif format == "torchscript":

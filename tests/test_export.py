@@ -176,14 +176,21 @@ def test_missing_onnx_packages_name_the_pip_command(net2d, tmp_path, monkeypatch
 
 def test_a_file_that_fails_its_check_is_never_left_behind(net2d, tmp_path, monkeypatch):
     import mednext_lite.export as ex
+    from mednext_lite import fast
 
     out = tmp_path / "m.pt"
     out.write_bytes(b"the previous export")
-    real = ex._run_file
-    monkeypatch.setattr(ex, "_run_file", lambda path, fmt, x: real(path, fmt, x) + 1e-2)
+    real, fast_paths_during_check = ex._run_file, []
+
+    def off_by_a_hundredth(path, fmt, x):
+        fast_paths_during_check.append(fast.enabled())
+        return real(path, fmt, x) + 1e-2
+
+    monkeypatch.setattr(ex, "_run_file", off_by_a_hundredth)
     with pytest.raises(RuntimeError, match=r"differs from PyTorch by up to 0\.01.* nothing was written"):
         export(net2d, out, "torchscript", spatial_size=32)
     assert _no_files(tmp_path) == ["m.pt"] and out.read_bytes() == b"the previous export"
+    assert fast_paths_during_check == [False] and fast.enabled() is True  # off for the export, then restored
 
 
 def test_the_predictor_refuses_files_and_inputs_it_cannot_run(onnx2d, tmp_path):
