@@ -1,4 +1,4 @@
-"""The ``mednext-lite`` command: train, predict, evaluate, profile and data (download/synthesize/inspect).
+"""The ``mednext-lite`` command: train, predict, evaluate, export, profile, data.
 
 Every subcommand is a thin door into the package: it parses flags and calls one library function.
 One error boundary, :func:`main`, prints any failure as the line :func:`mednext_lite.errors.error_line`
@@ -169,7 +169,12 @@ def _add_predict(sub: Any) -> None:
                        description="Sliding-window prediction; writes one .nii.gz label map per input with the "
                                    "input's shape and affine (preprocessing is undone with MONAI's Invertd).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `mednext-lite train` (best.pt/last.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by `mednext-lite train` (best.pt/last.pt); with --backend onnxruntime, "
+                        "the .onnx file `mednext-lite export` wrote (it stores the task, patch and spacing alike)")
+    p.add_argument("--backend", choices=("pytorch", "onnxruntime"), default="pytorch",
+                   help="what computes the windows: the PyTorch network, or the exported .onnx file in ONNX Runtime "
+                        "(same sliding window, blending and NIfTI output)")
     p.add_argument("--input", required=True, nargs="+", help="NIfTI files and/or folders of .nii.gz files")
     p.add_argument("--output", required=True, help="folder for the predicted label maps")
     p.add_argument("--task", default=None,
@@ -216,8 +221,19 @@ def _predict_command(args: argparse.Namespace) -> int:
     from .data.locate import resolve_task_dir
 
     task_dir = resolve_task_dir(args.task, args.data_dir, create=False) if args.task else None
+    source: Any = args.checkpoint
+    if args.backend == "onnxruntime":
+        if args.amp:
+            raise ValueError("--amp applies to the PyTorch backend only: the .onnx file computes in float32; "
+                             "drop --amp")
+        from .export import OnnxPredictor
+
+        source = OnnxPredictor(args.checkpoint, device=args.device, threads=args.threads)
+    elif Path(args.checkpoint).suffix == ".onnx":
+        raise ValueError(f"--checkpoint {args.checkpoint} is an ONNX file: pass --backend onnxruntime to predict "
+                         "with it")
     written = predict_from_checkpoint(
-        args.checkpoint, _input_files(args.input), args.output, task_dir=task_dir,
+        source, _input_files(args.input), args.output, task_dir=task_dir,
         patch_size=(args.patch[0] if len(args.patch) == 1 else tuple(args.patch)) if args.patch else None, device=args.device,
         suffix=args.suffix, overlap=args.overlap, blend=args.blend, sw_batch_size=args.sw_batch_size, amp=args.amp,
         overwrite=args.overwrite, nan_to_num=args.nan_to_num, protected=[p for p in args.input if Path(p).is_dir()],
@@ -289,7 +305,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The full ``mednext-lite`` parser (profile and data subcommands come from their modules)."""
     parser = argparse.ArgumentParser(prog="mednext-lite", description="MedNeXt for 2D/3D medical segmentation: "
-                                     "train, predict, evaluate, profile, data.")
+                                     "train, predict, evaluate, export, profile, data.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_predict(sub)
@@ -297,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .profile import add_profile_subcommand
 
     add_profile_subcommand(sub)
+    from .export import add_export_subcommand
+
+    add_export_subcommand(sub)
     data = sub.add_parser("data", help="download, synthesize or inspect MSD-layout tasks",
                           description="Data tools: download an MSD task, write the synthetic task, inspect a task.")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")

@@ -275,7 +275,7 @@ def predict_files(
 
 
 def predict_from_checkpoint(
-    checkpoint: str | os.PathLike | dict,
+    checkpoint: str | os.PathLike | dict | Any,
     images: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     *,
@@ -288,11 +288,14 @@ def predict_from_checkpoint(
 ) -> list[Path]:
     """Segment ``images`` with a trainer checkpoint, repeating its training preprocessing.
 
-    The task (for modality-specific normalisation), patch size and spacing come from the
-    checkpoint's ``train_config`` unless ``task_dir`` / ``patch_size`` are given; other keywords
-    go to :func:`predict_files` (overlap, blend, sw_batch_size, suffix, nan_to_num, amp, progress).
-    The output plan is checked before the checkpoint is read, and again against the
-    checkpoint's task; the checkpoint itself is refused if unreadable or not finite.
+    ``checkpoint`` may also be a predictor that carries ``config`` and ``train_config`` in place of
+    a network, such as :class:`mednext_lite.export.OnnxPredictor`; its windows are then gathered on
+    the CPU, and where it computes them is its own setting. The task (for modality-specific
+    normalisation), patch size and spacing come from the checkpoint's ``train_config`` unless
+    ``task_dir`` / ``patch_size`` are given; other keywords go to :func:`predict_files` (overlap,
+    blend, sw_batch_size, suffix, nan_to_num, amp, progress). The output plan is checked before the
+    checkpoint is read, and again against the checkpoint's task; the checkpoint itself is refused
+    if unreadable or not finite.
     """
     from .data.transforms import get_transforms
     from .data.validate import load_task
@@ -300,13 +303,18 @@ def predict_from_checkpoint(
     suffix = kwargs.get("suffix", "")
     plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected,
                  task_dirs=[task_dir] if task_dir else [])
-    device = resolve_device(str(device))
-    model, ckpt = load_model(checkpoint, device=device)
-    source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+    if isinstance(checkpoint, (str, os.PathLike, dict)):
+        device = resolve_device(str(device))
+        model, ckpt = load_model(checkpoint, device=device)
+        source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
+    else:  # a predictor: its own runtime places the windows it is handed on the CPU
+        model, device = checkpoint, torch.device("cpu")
+        source = str(getattr(checkpoint, "path", type(checkpoint).__name__))
+        ckpt = {"train_config": dict(checkpoint.train_config)}
     stored = _stored_training(ckpt, source)
     known_tasks = [t for t in (task_dir, stored.get("task_dir")) if t]
     if not known_tasks:
-        raise ValueError("the checkpoint stores no task: pass task_dir= (--task on the command line), the task whose "
+        raise ValueError(f"{source} stores no task: pass task_dir= (--task on the command line), the task whose "
                          "preprocessing to repeat")
     # Checked again now that the checkpoint names its task: its data folders are guarded too.
     plan_outputs(images, out_dir, suffix=suffix, overwrite=overwrite, protected=protected, task_dirs=known_tasks)
