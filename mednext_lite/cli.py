@@ -1,9 +1,10 @@
 """The ``mednext-lite`` command: train, predict, evaluate, export, profile, data.
 
 Every subcommand is a thin door into the package: it parses flags and calls one library function.
-One error boundary, :func:`main`, prints any failure as the line :func:`mednext_lite.errors.error_line`
-words for it (the file or value and the fix, exit status 2; a bug, exit status 1);
-``mednext-lite --debug ...`` shows the traceback instead. Defaults follow the paper
+:func:`main` runs each through the package's one error boundary,
+:func:`mednext_lite.errors.run_command`: a failure ends in one line naming the file or value and
+the fix, with the exit status listed in :mod:`mednext_lite.errors`; ``mednext-lite --debug ...``
+shows the traceback instead. Defaults follow the paper
 (MedNeXt-S k3, 3D, deep supervision, 1000 x 250 iterations, 128^3 patches); ``--quickstart``
 swaps in the CPU-sized settings of :meth:`TrainConfig.cpu_quickstart`.
 """
@@ -12,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import error_line
+from .errors import add_debug_flag, run_command
 
 __all__ = ["build_parser", "main"]
 
@@ -146,15 +146,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def _train_command(args: argparse.Namespace) -> int:
-    from .train import TrainingDiverged, train
+    from .distributed import ranks_from_env
+    from .train import train
 
     cfg = _train_config(args)
-    try:
-        result = train(cfg)
-    except TrainingDiverged as err:
-        print(f"mednext-lite train: stopped: {err}", file=sys.stderr)
-        return 3
-    if int(os.environ.get("RANK", "0")) == 0:
+    result = train(cfg)
+    if ranks_from_env().is_main:
         print(json.dumps({"run_dir": str(result.run_dir), "last": str(result.last_checkpoint),
                           "best": str(result.best_checkpoint) if result.best_checkpoint else None,
                           "best_mean_dice": result.best_mean_dice, "best_epoch": result.best_epoch,
@@ -323,32 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_subcommands(data_sub)
     data.set_defaults(handler=lambda a, _p=data: (_p.print_help(), 2)[1])
-    _add_debug(parser, top=True)
+    add_debug_flag(parser)
     return parser
 
 
-def _add_debug(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--debug`` on the top-level parser and, so that it can also come last, on every subcommand
-    (where it defaults to "unset", never overriding a top-level ``--debug``)."""
-    if "--debug" not in parser._option_string_actions:
-        parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                            help="on an error, show the full traceback instead of the one-line message")
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                _add_debug(child)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 bad input, 3 training diverged,
-    1 a bug). Failures end in one line on stderr, prefixed by the (sub)command (see
-    :func:`mednext_lite.errors.error_line`); with ``--debug`` the exception propagates with its traceback instead."""
+    """Run the command line and return its exit status (listed in :mod:`mednext_lite.errors`).
+    A failure ends in one line on stderr naming the (sub)command, e.g. ``mednext-lite data inspect:
+    error: ...`` (:func:`mednext_lite.errors.run_command`); with ``--debug`` the exception
+    propagates with its traceback instead."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
+    command = args.command
+    if command == "data" and getattr(args, "data_command", None):
+        command = f"data {args.data_command}"
     threads = None
     try:
         if getattr(args, "threads", None):
@@ -356,16 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             threads = torch.get_num_threads()  # restored after the command, for callers in this process
             torch.set_num_threads(args.threads)
-        return int(handler(args) or 0)
-    except (Exception, KeyboardInterrupt) as err:
-        if getattr(args, "debug", False):
-            raise
-        line, status = error_line(err)
-        command = args.command
-        if command == "data" and getattr(args, "data_command", None):
-            command = f"data {args.data_command}"
-        print(f"mednext-lite {command}: error: {line}", file=sys.stderr)
-        return status
+        return run_command(f"mednext-lite {command}", handler, args, debug=getattr(args, "debug", False))
     finally:
         if threads is not None:
             import torch

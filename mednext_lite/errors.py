@@ -1,21 +1,34 @@
-"""One line and an exit code for any error a user can cause; anything else is reported as a bug.
+"""The one error boundary of every command: a user's error is one line and exit status 2, anything else a bug.
 
 :func:`error_line` is the one place that decides which exceptions are the user's to fix (a bad
 value, an unreadable, damaged or missing file, a permission, too little memory, a missing optional
-package, a shape PyTorch refuses) and words each as the problem and its fix. The command line
-(:func:`mednext_lite.cli.main`) and the data scripts print what it returns.
+package, a shape PyTorch refuses) and words each as the problem and its fix. :func:`run_command`
+runs a command's handler and prints that line as ``<prog>: error: <line>``; the command line
+(:func:`mednext_lite.cli.main`) and the standalone data scripts (``data_scripts/*.py``) both run
+through it, and ``--debug`` (:func:`add_debug_flag`) lets the exception propagate with its traceback.
+
+Exit statuses, the same for every command:
+
+- 0: done.
+- 1: a bug in mednext-lite (the line asks for a report; ``--debug`` shows the traceback).
+- 2: the user's to fix: a bad value or flag (argparse's usage errors too), a bad, missing or
+  damaged file, a task that fails validation, too little memory, a missing optional package.
+- 3: training diverged (:class:`mednext_lite.train.TrainingDiverged`); the last finite checkpoint is kept.
+- 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import gzip
 import re
 import sys
 import tarfile
 import zlib
+from collections.abc import Callable
 
-__all__ = ["error_line"]
+__all__ = ["add_debug_flag", "error_line", "root_cause", "run_command"]
 
 
 def _one_line(text: object, limit: int = 1000) -> str:
@@ -83,23 +96,34 @@ def _loaded_classes(module: str, *names: str) -> tuple[type, ...]:
     return tuple(getattr(loaded, name) for name in names) if loaded is not None else ()
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The exception a plain ``RuntimeError`` wraps, followed through every such wrapper: MONAI wraps
+    each failing transform in ``RuntimeError("applying transform ...")`` raised from the real error.
+    A subclass of ``RuntimeError`` (CUDA's out-of-memory error, a diverged training) is itself the
+    error and is returned as it is."""
+    seen = {id(err)}
+    while type(err) is RuntimeError and err.__cause__ is not None and id(err.__cause__) not in seen:
+        err = err.__cause__
+        seen.add(id(err))
+    return err
+
+
 def error_line(err: BaseException) -> tuple[str, int]:
-    """The message and exit status for an exception that reached the command line: 2 with the
-    problem and its fix for anything a user can cause (bad values, unreadable, damaged or missing
-    files, permissions, memory, a missing optional package, corrupt checkpoints, archives and
-    downloads, a shape or dtype PyTorch refuses), 130 for an interrupt, 1 with a request to report
-    it for anything else, which is a bug.
+    """The message and exit status (see the module docstring) for an exception that reached a
+    command's boundary: 2 with the problem and its fix for anything a user can cause (bad values,
+    unreadable, damaged or missing files, permissions, memory, a missing optional package, corrupt
+    checkpoints, archives and downloads, a shape or dtype PyTorch refuses), 3 for a training that
+    diverged, 130 for an interrupt, 1 with a request to report it for anything else, which is a bug.
 
     The message is one line, with one exception: a task that fails validation (an error carrying
     a ``problems`` list, such as ``DatasetError``) gets its headline and then every problem on a
     line of its own, so that all of them, each naming its file, can be fixed at once."""
-    cause = err
-    # MONAI wraps a failing transform in a plain RuntimeError; the user's problem is its cause.
-    while type(cause) is RuntimeError and cause.__cause__ is not None:
-        cause = cause.__cause__
+    cause = root_cause(err)  # MONAI's wrapper hides the user's problem
     kind = type(cause).__name__
     if isinstance(cause, KeyboardInterrupt):
         return "interrupted", 130
+    if isinstance(cause, _loaded_classes("mednext_lite.train", "TrainingDiverged")):
+        return _one_line(cause), 3  # its message says where, what was kept and what to change
     if isinstance(cause, MemoryError) or (isinstance(cause, RuntimeError) and (
             kind == "OutOfMemoryError" or "out of memory" in str(cause).lower()
             or "can't allocate memory" in str(cause).lower())):
@@ -131,3 +155,30 @@ def error_line(err: BaseException) -> tuple[str, int]:
                 "and flags (--patch, --spatial-dims, the images' channels and dtype)"), 2
     return (f"internal error ({kind}: {_one_line(cause, 600)}): this is a bug in mednext-lite; rerun with --debug "
             "for the traceback and report it"), 1
+
+
+def add_debug_flag(parser: argparse.ArgumentParser, *, top: bool = True) -> None:
+    """Add ``--debug`` to ``parser`` and, so that it can also come last, to every subcommand below it
+    (where it defaults to "unset", never overriding a ``--debug`` given before the subcommand)."""
+    if "--debug" not in parser._option_string_actions:
+        parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                            help="on an error, show the full traceback instead of the one-line message")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_debug_flag(child, top=False)
+
+
+def run_command(prog: str, handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+                debug: bool = False) -> int:
+    """Run ``handler(args)`` and return its exit status (0 when it returns None). Any exception,
+    an interrupt included, is printed as the one line ``<prog>: error: <line>`` on stderr and its
+    status (:func:`error_line`) returned; with ``debug`` it propagates with its traceback instead."""
+    try:
+        return int(handler(args) or 0)
+    except (Exception, KeyboardInterrupt) as err:
+        if debug:
+            raise
+        line, status = error_line(err)
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return status

@@ -21,6 +21,7 @@ import torch
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from .errors import root_cause
 from .safe_io import UnsafePathError, nifti_header
 
 __all__ = [
@@ -297,13 +298,6 @@ def _load_stage_end(transforms: Callable[[dict], dict]) -> int | None:
     return None
 
 
-def _root_cause(err: BaseException) -> BaseException:
-    # MONAI wraps every failing transform in a RuntimeError("applying transform ...").
-    while isinstance(err, RuntimeError) and err.__cause__ is not None:
-        err = err.__cause__
-    return err
-
-
 def _not_finite_error(path: Path, count: int, total: int) -> ValueError:
     return ValueError(f"{path}: {count} of {total} voxel value(s) are not finite (NaN or inf), which would make the "
                       "whole prediction meaningless: repair the image, or pass --nan-to-num VALUE (nan_to_num=VALUE) "
@@ -311,7 +305,7 @@ def _not_finite_error(path: Path, count: int, total: int) -> ValueError:
 
 
 def _read_error(path: Path, err: BaseException) -> ValueError:
-    cause = _root_cause(err)
+    cause = root_cause(err)  # MONAI wraps a failing read in a RuntimeError
     return ValueError(f"{path}: the voxels cannot be read ({type(cause).__name__}: {cause}): the file is truncated "
                       "or damaged; re-export or re-download it")
 

@@ -4,6 +4,7 @@ errors are one line with exit status 2, and train -> predict -> evaluate works e
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -398,6 +399,27 @@ def test_a_data_subcommand_error_names_the_subcommand(tmp_path, capsys):
     assert main(["data", "synthesize", "--data-dir", str(tmp_path / "a_file"), "--no-progress"]) == 2
     line = one_line(capsys)
     assert line.startswith("mednext-lite data synthesize: error: ") and str(tmp_path / "a_file") in line
+
+
+def test_a_data_command_error_has_its_prefix_and_debug_raises_it(tmp_path, capsys):
+    # `data inspect` used to catch its own errors: a bare "error: ..." line, and --debug showed nothing more.
+    argv = ["data", "inspect", "NoSuchTaskXYZ", "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    line = one_line(capsys)
+    assert line.startswith("mednext-lite data inspect: error: task 'NoSuchTaskXYZ' is neither a task folder"), line
+    for debug in (["--debug", *argv], [*argv, "--debug"]):
+        with pytest.raises(ValueError, match="task 'NoSuchTaskXYZ' is neither a task folder"):
+            main(debug)
+    assert capsys.readouterr().err == ""  # nothing printed: the exception itself propagates
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_data_brain_without_nilearn_gets_the_install_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # importing nilearn now raises ImportError
+    assert main(["data", "brain", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    line = one_line(capsys)
+    assert line.startswith("mednext-lite data brain: error: ") and "pip install nilearn" in line, line
+    assert "this is a bug" not in line and list(tmp_path.iterdir()) == []
 
 
 def test_threads_apply_to_the_command_and_are_restored_after_it(tmp_path, capsys):

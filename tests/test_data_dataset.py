@@ -382,7 +382,7 @@ def test_inspect_validates_a_task_name_before_looking_under_the_root(task, tmp_p
                      ("a\x01b", "control character")]:
         assert inspect_main([bad, "--data-dir", str(root)]) == 2, bad
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("error: task name") and why in err, err
+        assert err.count("\n") == 1 and err.startswith("inspect_task.py: error: task name") and why in err, err
     assert sorted(root.iterdir()) == []
 
 

@@ -196,7 +196,7 @@ def test_cli_reports_an_unsafe_archive_in_one_line(tmp_path, capsys):
         rc = download_main(["04", "--data-dir", str(tmp_path / "root"), "--url", srv.url("t.tar"),
                             "--md5", hashlib.md5(data).hexdigest(), "--no-progress"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: refusing to extract")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("download_msd.py: error: refusing to extract")
     assert "../../a.txt" in err and "../../b.txt" in err  # both members named, on the one line
     assert not (tmp_path / "a.txt").exists() and not (tmp_path / "root" / TASK).exists()
 
@@ -234,7 +234,7 @@ def test_cli_download_uses_env_data_dir(tmp_path, archive, monkeypatch, capsys):
     rc = download_main(["NoSuchTask", "--no-progress"])
     err = capsys.readouterr().err
     # A user's mistake: exit 2 (1 means a bug), one line naming the value and the valid names.
-    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: unknown MSD task 'NoSuchTask'")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("download_msd.py: error: unknown MSD task 'NoSuchTask'")
     assert "Task04_Hippocampus" in err
 
 

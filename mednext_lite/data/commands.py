@@ -2,8 +2,10 @@
 
 ``add_data_subcommands`` registers them on any argparse sub-parser set (the package CLI uses it
 for ``mednext-lite data ...``); ``download_main``, ``synthesize_main``, ``brain_main`` and
-``inspect_main`` are the standalone entry points the scripts in ``data_scripts/`` call. ``summarize_task`` and
-``save_montage`` are the reusable halves of ``inspect``.
+``inspect_main`` are the standalone entry points the scripts in ``data_scripts/`` call. Both run a
+command's handler through the same error boundary, :func:`mednext_lite.errors.run_command`: the
+handlers raise, and it prints the one-line message (or, with ``--debug``, the traceback).
+``summarize_task`` and ``save_montage`` are the reusable halves of ``inspect``.
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import error_line
-from ..safe_io import UnsafePathError, atomic_write
+from ..errors import add_debug_flag, run_command
+from ..safe_io import atomic_write
 from .brain import BRAIN_TASK, TEMPLATE_NOTICE, brain_grid, make_brain_task
 from .catalogue import DATA_ENV_VAR, MSD_TASKS, resolve_data_dir
 from .dataset import TaskInfo, read_image, voxel_spacing
 from .download import download_task
 from .locate import resolve_task_dir
 from .synthetic import FLAVOURS, make_synthetic_task
-from .transfer import DownloadError
 from .validate import TaskReport, check_task
 
 __all__ = [
@@ -182,20 +183,9 @@ def _add_inspect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-montage", type=int, default=4, help="cases drawn in the montage")
 
 
-def _user_error(err: BaseException) -> int:
-    """Print a failure the user can fix as one ``error:`` line on stderr, worded by
-    :func:`mednext_lite.errors.error_line`; return its exit status (2)."""
-    line, status = error_line(err)
-    print(f"error: {line}", file=sys.stderr)
-    return status
-
-
 def _run_download(args: argparse.Namespace) -> int:
-    try:
-        task_dir = download_task(args.task, args.data_dir, url=args.url, md5=args.md5,
-                                 progress=not args.no_progress, retries=args.retries)
-    except (DownloadError, KeyError, ValueError, OSError) as err:
-        return _user_error(err)
+    task_dir = download_task(args.task, args.data_dir, url=args.url, md5=args.md5, progress=not args.no_progress,
+                             retries=args.retries)
     print(f"task ready: {task_dir}")
     if args.no_validate:
         return 0
@@ -226,12 +216,8 @@ def _add_brain_args(p: argparse.ArgumentParser) -> None:
 
 def _run_brain(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    try:
-        task_dir = make_brain_task(resolve_data_dir(args.data_dir), n_train=args.n_train, n_test=args.n_test,
-                                   spacing=args.spacing, seed=args.seed, progress=not args.no_progress)
-    except ImportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    task_dir = make_brain_task(resolve_data_dir(args.data_dir), n_train=args.n_train, n_test=args.n_test,
+                               spacing=args.spacing, seed=args.seed, progress=not args.no_progress)
     shape, _ = brain_grid(args.spacing)
     print(f"wrote {task_dir}: {args.n_train} training + {args.n_test} test cases, "
           f"{' x '.join(map(str, shape))} voxels of {args.spacing:g} mm, in {time.perf_counter() - start:.1f} s")
@@ -252,10 +238,7 @@ def _print_findings(report: TaskReport) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    try:
-        task_dir = resolve_task_dir(args.task, args.data_dir, create=False)
-    except ValueError as err:
-        return _user_error(err)
+    task_dir = resolve_task_dir(args.task, args.data_dir, create=False)
     report = check_task(task_dir, progress=True)
     if report.errors:
         _print_findings(report)
@@ -265,10 +248,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     print(summarize_task(info, max_cases=args.max_cases, progress=True))
     # The cases a warning names are drawn first (a dozen at most), so the figure it points at shows them.
     rows = max(args.n_montage, min(len(report.flagged), 12))
-    try:
-        out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
-    except UnsafePathError as err:
-        return _user_error(err)
+    out = save_montage(info, args.montage or task_dir / "montage.png", n_cases=rows, cases=report.flagged)
     print(f"montage     {out}")
     _print_findings(report)
     if report.warnings:
@@ -278,6 +258,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Each data command's help, argument wiring and handler (which returns an exit status or raises).
 _COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "download": ("download, verify and extract an MSD task", _add_download_args, _run_download),
     "synthesize": ("write the synthetic task in MSD layout", _add_synthesize_args, _run_synthesize),
@@ -297,11 +278,21 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=handler)
 
 
+#: The script in ``data_scripts/`` that runs each command on its own: its name prefixes the script's
+#: error lines, as it does argparse's usage errors when the script is run.
+_SCRIPTS = {"download": "download_msd.py", "synthesize": "make_synthetic_task.py", "brain": "make_brain_task.py",
+            "inspect": "inspect_task.py"}
+
+
 def _standalone(name: str, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` for the data command ``name`` and run it through the error boundary
+    :func:`mednext_lite.errors.run_command`, like ``mednext-lite data <name>``."""
     help_text, add_args, handler = _COMMANDS[name]
-    parser = argparse.ArgumentParser(description=help_text)
+    parser = argparse.ArgumentParser(prog=_SCRIPTS[name], description=help_text)
     add_args(parser)
-    return handler(parser.parse_args(argv))
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    return run_command(parser.prog, handler, args, debug=args.debug)
 
 
 def download_main(argv: Sequence[str] | None = None) -> int:

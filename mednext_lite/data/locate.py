@@ -11,6 +11,7 @@ import os
 import time
 from pathlib import Path
 
+from ..distributed import ranks_from_env
 from .brain import BRAIN_TASK, make_brain_task
 from .catalogue import get_task, resolve_data_dir, validate_task_name
 from .synthetic import FLAVOURS, make_synthetic_task
@@ -69,11 +70,12 @@ def _generated_task(root: Path, flavour: str | None, *, create: bool) -> Path:
     target = root / (FLAVOURS[flavour].task_name if flavour else BRAIN_TASK)
     if _holds_dataset_json(target) or not create:
         return target
-    if int(os.environ.get("RANK", "0")) != 0:
+    rank = ranks_from_env().rank
+    if rank != 0:
         deadline = time.monotonic() + _RANK_WAIT_S
         while not _holds_dataset_json(target):
             if time.monotonic() > deadline:
-                raise ValueError(f"rank {os.environ['RANK']} waited {_RANK_WAIT_S} s for rank 0 to write "
+                raise ValueError(f"rank {rank} waited {_RANK_WAIT_S} s for rank 0 to write "
                                  f"{target}; write it once first: mednext-lite data "
                                  f"{f'synthesize --flavour {flavour}' if flavour else 'brain'} --data-dir {root}")
             time.sleep(1.0)
