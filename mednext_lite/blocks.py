@@ -10,11 +10,12 @@ paths of their own (:mod:`mednext_lite.fast`), which change how the sums are for
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .fast.conv import depthwise_conv, pointwise_conv, transposed_depthwise_conv
-from .fast.norm import PerChannelGroupNorm, norm_then_pointwise
-from .fast.residual import pad_start, padded_sum
+from .fast.norm import PerChannelGroupNorm, norm_pointwise
+from .fast.residual import padded_sum, padded_sum_applies
 
 NORMS = ("group", "layer")
 
@@ -66,6 +67,14 @@ class GRN(nn.Module):
         return self.gamma * (x * nx) + self.beta + x
 
 
+def pad_start(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with one zero voxel before the first of every spatial axis: 2n - 1 voxels become 2n.
+
+    The reference's padding for the up block's transposed convolutions (low-index side only).
+    """
+    return F.pad(x, (1, 0) * (x.ndim - 2))
+
+
 def make_norm(norm: str, channels: int) -> nn.Module:
     """GroupNorm with one group per channel (the paper's choice) or a channels-first LayerNorm."""
     if norm == "group":
@@ -87,6 +96,8 @@ class MedNeXtBlock(nn.Module):
         norm: ``"group"`` (GroupNorm, one group per channel) or ``"layer"`` (channels-first LayerNorm).
         grn: insert a global response norm after the activation.
         residual: add the input to the output, the identity residual (needs equal in and out widths).
+            The attribute of that name means the identity add only: the down and up blocks set it
+            ``False`` and have a residual path of their own, ``res_conv``.
     """
 
     def __init__(
@@ -114,7 +125,7 @@ class MedNeXtBlock(nn.Module):
             )
         hidden = expansion_ratio * in_channels
         self.spatial_dims = spatial_dims
-        self.conv1 = self.depthwise(spatial_dims, in_channels, kernel_size)
+        self.conv1 = self.make_conv1(spatial_dims, in_channels, kernel_size)
         self.norm = make_norm(norm, in_channels)
         self.conv2 = pointwise_conv(spatial_dims, in_channels, hidden)
         self.act = nn.GELU()
@@ -123,14 +134,18 @@ class MedNeXtBlock(nn.Module):
         self.residual = residual
 
     @staticmethod
-    def depthwise(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
-        """The block's first layer: a stride-1 depthwise k^d convolution."""
+    def make_conv1(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
+        """The block's ``conv1``: a stride-1 depthwise k^d convolution."""
         return depthwise_conv(spatial_dims, channels, kernel_size)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        """The block without its residual path, one line per layer of the figure."""
+        """The block without its residual path, one line per layer of the figure.
+
+        The norm and the 1x1 expansion share one line, ``conv2(norm(x))``, because the CPU fast path
+        folds them into one matrix product (``docs/kernels.md``).
+        """
         x = self.conv1(x)
-        x = norm_then_pointwise(self.norm, self.conv2, x)  # self.conv2(self.norm(x)), folded on the fast path
+        x = norm_pointwise(x, self.norm, self.conv2)  # self.conv2(self.norm(x))
         x = self.act(x)
         x = self.grn(x)
         return self.conv3(x)
@@ -144,18 +159,19 @@ class MedNeXtDownBlock(MedNeXtBlock):
     """2x downsampling block: the MedNeXt block with a stride-2 depthwise conv and C -> 2C output.
 
     Its residual path is a stride-2 1x1 conv ``res_conv`` (built when ``conv_residual``); there is no
-    identity add.
+    identity add (``residual`` is ``False``).
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, conv_residual: bool = True,
                  **kwargs) -> None:
         out_channels = 2 * in_channels if out_channels is None else out_channels
-        super().__init__(in_channels, out_channels, residual=False, **kwargs)
+        super().__init__(in_channels, out_channels, residual=False, **kwargs)  # no identity add: res_conv
         self.res_conv = pointwise_conv(self.spatial_dims, in_channels, out_channels, stride=2) if conv_residual else None
 
     @staticmethod
-    def depthwise(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
-        """A stride-2 depthwise k^d convolution (PyTorch's own: its strided kernel is fast both ways)."""
+    def make_conv1(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
+        """The down block's ``conv1``: a stride-2 depthwise k^d convolution (PyTorch's own: its strided
+        kernel is fast both ways)."""
         return conv_op(spatial_dims)(channels, channels, kernel_size, stride=2, padding=kernel_size // 2,
                                      groups=channels)
 
@@ -169,28 +185,31 @@ class MedNeXtUpBlock(MedNeXtBlock):
 
     The transposed conv gives 2n-1 voxels per axis; one voxel is padded at the start (low-index
     side) of every spatial axis to reach 2n, as in the reference implementation. The residual path
-    ``res_conv`` (built when ``conv_residual``) is a stride-2 1x1 transposed conv, padded the same way.
+    ``res_conv`` (built when ``conv_residual``) is a stride-2 1x1 transposed conv, padded the same way;
+    there is no identity add (``residual`` is ``False``).
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, conv_residual: bool = True,
                  **kwargs) -> None:
         out_channels = in_channels // 2 if out_channels is None else out_channels
-        super().__init__(in_channels, out_channels, residual=False, **kwargs)
+        super().__init__(in_channels, out_channels, residual=False, **kwargs)  # no identity add: res_conv
         self.res_conv = (
             conv_op(self.spatial_dims, transposed=True)(in_channels, out_channels, 1, stride=2) if conv_residual
             else None
         )
 
     @staticmethod
-    def depthwise(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
-        """A stride-2 transposed depthwise k^d convolution: 2n - 1 voxels from n."""
+    def make_conv1(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
+        """The up block's ``conv1``: a stride-2 transposed depthwise k^d convolution, 2n - 1 voxels from n."""
         return transposed_depthwise_conv(spatial_dims, channels, kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.branch(x)
         if self.res_conv is None:
             return pad_start(y)
-        return padded_sum(y, self.res_conv, x)  # pad_start(y) + pad_start(self.res_conv(x))
+        if padded_sum_applies(x, self.res_conv):
+            return padded_sum(y, self.res_conv, x)  # the sum below, written into one buffer
+        return pad_start(y) + pad_start(self.res_conv(x))
 
 
 class Head(nn.Module):

@@ -180,8 +180,8 @@ def _proc_status_bytes(key: str) -> int:
 def _peak_rss_bytes() -> int:
     """This process's resident-set high-water mark: ``VmHWM`` on Linux, else ``ru_maxrss``.
 
-    Not ``ru_maxrss`` on Linux: it survives exec, so a spawned child starts with its parent's peak
-    (measured: a 1.8 GB pytest parent masked a 1.0 vs 0.86 GB difference between two children).
+    Not ``ru_maxrss`` on Linux: it survives exec, so a spawned child starts with its parent's peak,
+    and a large parent (a test runner) hides the difference between two smaller children.
     """
     peak = _proc_status_bytes("VmHWM")
     if peak:

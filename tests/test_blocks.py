@@ -11,7 +11,10 @@ from mednext_lite.blocks import (
     MedNeXtDownBlock,
     MedNeXtUpBlock,
     conv_op,
+    pad_start,
 )
+from mednext_lite.fast.layout import channels_last_format
+from mednext_lite.fast.residual import padded_sum_applies
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -57,6 +60,36 @@ def test_up_down_without_residual_paths():
     x = torch.randn(1, 8, 4, 4, 4)
     up = MedNeXtUpBlock(8, conv_residual=False)
     torch.testing.assert_close(up(x), F.pad(up.branch(x), (1, 0) * 3))
+
+
+def test_pad_start_adds_one_zero_voxel_at_the_low_index_start_of_each_axis():
+    x = torch.arange(1.0, 13.0).view(1, 2, 2, 3)
+    y = pad_start(x)
+    assert y.shape == (1, 2, 3, 4)
+    assert torch.equal(y[:, :, 1:, 1:], x)
+    assert float(y[:, :, 0].abs().sum()) == 0.0 and float(y[:, :, :, 0].abs().sum()) == 0.0
+    assert pad_start(torch.ones(1, 1, 3, 3, 3)).shape == (1, 1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_up_block_sums_in_one_buffer_only_when_nothing_watches_res_conv(spatial_dims):
+    torch.manual_seed(0)
+    up = MedNeXtUpBlock(8, spatial_dims=spatial_dims, kernel_size=3, expansion_ratio=2)
+    with torch.no_grad():
+        up.res_conv.bias.uniform_(-1, 1)
+    x = torch.randn(1, 8, *([4] * spatial_dims)).contiguous(memory_format=channels_last_format(spatial_dims))
+    assert padded_sum_applies(x, up.res_conv)
+    assert not padded_sum_applies(x.contiguous(), up.res_conv)  # channels-first: the plain sum
+    one_buffer = up(x)
+    seen = []
+    handle = up.res_conv.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    assert not padded_sum_applies(x, up.res_conv)
+    plain = up(x)
+    handle.remove()
+    assert seen == [(1, 4, *([7] * spatial_dims))]  # the hook saw res_conv run: 2n - 1 voxels, then padded
+    torch.testing.assert_close(one_buffer, plain)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, pad_start(up.branch(x)) + pad_start(up.res_conv(x)))
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -1,4 +1,4 @@
-"""The fast room: speed paths that change where numbers sit or how they are summed, never the maths.
+"""CPU fast paths for MedNeXt's layers: they change where numbers sit or how they are summed, never the maths.
 
 Every fast path asks one predicate, :func:`applies`, whether a tensor may take it, and one switch,
 :func:`enabled`, turns all of them off (plain PyTorch kernels, as the reference runs them; the

@@ -1,9 +1,9 @@
 """Memory layouts: which one MedNeXt runs in on each device, and converting tensors and models to it.
 
 A layout changes where numbers sit in memory, never which numbers are computed. On CPU, oneDNN's
-depthwise kernels (above all their weight gradients) are an order of magnitude faster channels-last
-(NDHWC / NHWC) than channels-first, so ``MedNeXt`` resolves its ``"auto"`` layout here on every
-forward; the measurements are in ``docs/kernels.md``.
+depthwise kernels (above all their weight gradients) are much faster channels-last (NDHWC / NHWC)
+than channels-first, so ``MedNeXt`` resolves its ``"auto"`` layout here on every forward; the
+measurements are in ``docs/kernels.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def channels_last_format(spatial_dims: int) -> torch.memory_format:
 
 def preferred_memory_format(device: str | torch.device, spatial_dims: int) -> torch.memory_format:
     """The layout MedNeXt trains fastest in on ``device``: channels-last on CPU, the default elsewhere
-    (channels-last measured slower for a bf16 step on an H100 at k3) and whenever
+    (on a GPU channels-last did not pay, ``docs/performance.md``) and whenever
     :func:`mednext_lite.fast.enabled` is off."""
     device = torch.device(device)
     fast = channels_last_format(spatial_dims)  # validates spatial_dims

@@ -89,7 +89,7 @@ class _NormPointwise(torch.autograd.Function):
         w_n = w * (rstd * gamma)  # [n, out, c]: the norm's per-sample scale, folded in
         ctx.save_for_backward(centred, rstd, gamma, beta, w, w_n)
         bias = bias + w @ beta
-        if _runs_as_nhwc_conv(x):  # bias fused, 1.0-1.3x the matrix product's speed
+        if _runs_as_nhwc_conv(x):  # one weight, bias fused; timings in docs/kernels.md
             return F.conv2d(_as_channels_last(centred, x), w_n[0, :, :, None, None], bias)
         return _as_channels_last(torch.baddbmm(bias, centred, w_n.transpose(1, 2)), x)
 
@@ -126,7 +126,7 @@ def fold_applies(x: torch.Tensor, norm: nn.Module, conv: nn.Module) -> bool:
     return isinstance(norm, PerChannelGroupNorm) and applies(x, norm, conv)
 
 
-def norm_then_pointwise(norm: nn.Module, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def norm_pointwise(x: torch.Tensor, norm: nn.Module, conv: nn.Module) -> torch.Tensor:
     """``conv(norm(x))`` for a norm and the stride-1 1x1 conv after it, folded into one product where
     :func:`fold_applies`."""
     if fold_applies(x, norm, conv):

@@ -1,4 +1,5 @@
-"""The up block's output: its branch plus its 1x1 transposed residual conv, both padded at the start.
+"""The up block's output on the fast path: its branch plus its 1x1 transposed residual conv, both
+padded at the start (:func:`mednext_lite.blocks.pad_start`), written into one buffer.
 
 The stride-2 1x1 transposed conv writes ``x @ W`` at every second voxel and its bias everywhere
 else; after the one-voxel start padding the products sit at odd indices and the bias on all but
@@ -15,11 +16,6 @@ from torch import nn
 
 from . import applies
 from .layout import channels_last_format
-
-
-def pad_start(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with one zero voxel before the first of every spatial axis: 2n - 1 voxels become 2n."""
-    return F.pad(x, (1, 0) * (x.ndim - 2))
 
 
 class _PaddedSum(torch.autograd.Function):
@@ -49,9 +45,14 @@ class _PaddedSum(torch.autograd.Function):
         return grad_branch, grad_product, grad_branch.sum(dim=(0, *range(2, grad.ndim)))
 
 
+def padded_sum_applies(x: torch.Tensor, res_conv: nn.Module) -> bool:
+    """Whether :func:`padded_sum` may stand in for the up block's sum: :func:`mednext_lite.fast.applies`
+    for ``x`` with no hooks on ``res_conv`` (which the fast path runs without calling it)."""
+    return applies(x, res_conv)
+
+
 def padded_sum(branch: torch.Tensor, res_conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``pad_start(branch) + pad_start(res_conv(x))`` for the up block's stride-2 1x1 transposed ``res_conv``."""
-    if applies(x, res_conv):
-        product = F.linear(x.movedim(1, -1), res_conv.weight.flatten(1).t()).movedim(-1, 1)
-        return _PaddedSum.apply(branch, product, res_conv.bias)
-    return pad_start(branch) + pad_start(res_conv(x))
+    """``pad_start(branch) + pad_start(res_conv(x))`` for the up block's stride-2 1x1 transposed ``res_conv``,
+    in one buffer; call it where :func:`padded_sum_applies` (the up block keeps the plain sum otherwise)."""
+    product = F.linear(x.movedim(1, -1), res_conv.weight.flatten(1).t()).movedim(-1, 1)
+    return _PaddedSum.apply(branch, product, res_conv.bias)
