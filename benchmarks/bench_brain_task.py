@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     from mednext_lite.inference import predict_from_checkpoint
     from mednext_lite.metrics import evaluate_folder
     from mednext_lite.safe_io import atomic_write
-    from mednext_lite.train import TrainConfig, train
+    from mednext_lite.train import train
+    from mednext_lite.train_config import TrainConfig
 
     t0 = time.perf_counter()
     task = _task(Path(args.data_dir), args.n_train, 2, args.spacing, args.seed)

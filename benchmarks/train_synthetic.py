@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     from mednext_lite.data.baseline import threshold_baseline
     from mednext_lite.data.splits import load_split
     from mednext_lite.data.synthetic import make_synthetic_task
-    from mednext_lite.train import TrainConfig, train
+    from mednext_lite.train import train
+    from mednext_lite.train_config import TrainConfig
 
     task = Path(args.data_dir) / "Task90_SyntheticMRI"
     if not (task / "dataset.json").exists():

@@ -48,8 +48,7 @@ from .runtime import resolve_device, rng_state, seed_everything, set_rng_state
 from .train_config import TrainConfig
 from .variants import get_preset
 
-# TrainConfig is the argument of train(): the README's `from mednext_lite.train import TrainConfig, train`.
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "build_model", "poly_lr", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_model", "poly_lr", "train"]
 
 
 class TrainingDiverged(RuntimeError):

@@ -9,6 +9,7 @@ import json
 import nbformat
 import pytest
 
+from mednext_lite import lesson
 from mednext_lite import notebooks as nbrun
 
 LESSONS = nbrun.lessons_dir()
@@ -85,12 +86,12 @@ def test_collect_csv_and_plot(tmp_path):
     for i in range(2):
         (tmp_path / f"run{i}").mkdir()
         (tmp_path / f"run{i}" / "results.csv").write_text(f"variant,kernel,dice\nS,{3 + 2 * i},{0.5 + i / 10}\n")
-    rows = nbrun.collect_csv(str(tmp_path / "*" / "results.csv"))
+    rows = lesson.collect_csv(str(tmp_path / "*" / "results.csv"))
     assert [(r["kernel"], r["dice"]) for r in rows] == [(3, 0.5), (5, 0.6)]
-    fig = nbrun.plot_sweep(rows, "kernel", "dice", group="variant")
+    fig = lesson.plot_sweep(rows, "kernel", "dice", group="variant")
     assert list(fig.axes[0].lines[0].get_xdata()) == [3, 5]
     with pytest.raises(ValueError, match="no CSV files"):
-        nbrun.collect_csv(str(tmp_path / "nothing*.csv"))
+        lesson.collect_csv(str(tmp_path / "nothing*.csv"))
 
 
 @pytest.mark.notebooks
@@ -149,7 +150,7 @@ def test_demo_runs_selected_notebooks_and_reports(tmp_path, capsys):
 
 
 def test_sized_takes_the_row_and_lets_explicit_values_win():
-    from mednext_lite.notebooks import sized
+    from mednext_lite.lesson import sized
 
     table = {"ci": {"epochs": 2, "width": 8}, "class": {"epochs": 20, "width": 16}, "gpu": {"epochs": 200, "width": 32}}
     assert sized("class", table) == {"epochs": 20, "width": 16}
@@ -160,3 +161,27 @@ def test_sized_takes_the_row_and_lets_explicit_values_win():
         sized("ci", table, epoch=3)
     with pytest.raises(ValueError, match="size rows differ"):
         sized("ci", {**table, "gpu": {"epochs": 1}})
+
+
+def test_lesson_seeds_and_picks_the_device_as_training_does(tmp_path, capsys):
+    import random
+
+    import numpy as np
+    import torch
+
+    from mednext_lite.runtime import seed_everything
+
+    big = 2**32 + 5  # NumPy alone would refuse this seed
+    run = lesson.Lesson(tmp_path / "out", seed=big, device="cpu")
+    drawn = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(big)
+    assert drawn == (random.random(), np.random.rand(), torch.rand(1).item())
+    assert run.device == torch.device("cpu") and run.seed == big and (tmp_path / "out").is_dir()
+    assert "device: cpu (CPU)" in capsys.readouterr().out
+    run.record(dice=0.5)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == {"dice": 0.5}
+    with pytest.raises(ValueError, match="'gpu0' is not a device name"):
+        lesson.Lesson(tmp_path / "bad", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            lesson.Lesson(tmp_path / "bad", device="cuda:7")

@@ -261,7 +261,8 @@ def test_train_writes_checkpoints_metrics_and_curves(task, tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from mednext_lite.train import TrainConfig, train
+    from mednext_lite.train import train
+    from mednext_lite.train_config import TrainConfig
     cfg = TrainConfig.from_dict(__import__("json").loads(sys.argv[1]))
     marker = Path(sys.argv[2])
     def on_step(info):

@@ -20,7 +20,8 @@ from mednext_lite.train_config import TrainConfig
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     import torch
-    from mednext_lite.train import TrainConfig, train
+    from mednext_lite.train import train
+    from mednext_lite.train_config import TrainConfig
     cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
     result = train(cfg)
     total = sum(p.double().sum().item() for p in result.model.parameters())

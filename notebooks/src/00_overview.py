@@ -27,9 +27,9 @@ from IPython.display import Markdown, display
 
 from mednext_lite import create_mednext, get_preset, preset_config
 from mednext_lite.diagram import draw_network, format_stage_table, network_parts, preset_stage_rows, shape_text
+from mednext_lite.lesson import Lesson, sized
 from mednext_lite.losses import deep_supervision_weights, make_loss
 from mednext_lite.model import STAGE_NAMES
-from mednext_lite.notebooks import Lesson, sized
 from mednext_lite.profile import count_macs, count_parameters
 
 # Everything in this lesson is counted on the meta device (shapes only) except one small check network,

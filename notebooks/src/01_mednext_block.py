@@ -40,7 +40,7 @@ from torch import nn
 
 from mednext_lite import MedNeXt, MedNeXtBlock, MedNeXtConfig, MedNeXtDownBlock, MedNeXtUpBlock
 from mednext_lite.blocks import GRN, conv_op
-from mednext_lite.notebooks import Lesson, sized
+from mednext_lite.lesson import Lesson, sized
 from mednext_lite.profile import count_parameters, receptive_field
 
 p = sized(size, {

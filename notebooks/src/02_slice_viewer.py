@@ -37,7 +37,7 @@ from mednext_lite import viz
 from mednext_lite.data import load_task, make_synthetic_task, read_image
 from mednext_lite.data.baseline import threshold_baseline
 from mednext_lite.data.brain import make_brain_task
-from mednext_lite.notebooks import Lesson, sized
+from mednext_lite.lesson import Lesson, sized
 
 p = sized(size, {
     "ci": dict(brain_spacing=2.0, brain_cases=1, comma_cases=2),

@@ -56,10 +56,10 @@ from mednext_lite import viz
 from mednext_lite.data import (dice_per_class, get_transforms, load_task, make_dataset, make_synthetic_task,
                                read_image, threshold_baseline)
 from mednext_lite.inference import sliding_window_logits
+from mednext_lite.lesson import Lesson, sized
 from mednext_lite.losses import DeepSupervisionLoss, deep_supervision_weights, make_loss
 from mednext_lite.metrics import dice_scores
 from mednext_lite.model import MedNeXt
-from mednext_lite.notebooks import Lesson, sized
 
 p = sized(size, {
     "ci": dict(n_cases=4, case_shape=48, patch=16, n_draws=240, brain_cases=0, sw_shape=(160, 128), sw_window=64),

@@ -71,10 +71,11 @@ from mednext_lite.data import (
 from mednext_lite.data.brain import make_brain_task
 from mednext_lite.data.commands import summarize_task
 from mednext_lite.inference import load_model, predict_from_checkpoint, window_size
+from mednext_lite.lesson import Lesson, sized
 from mednext_lite.losses import deep_supervision_weights
 from mednext_lite.metrics import dice_scores, evaluate_folder
-from mednext_lite.notebooks import Lesson, sized
-from mednext_lite.train import TrainConfig, build_model, train
+from mednext_lite.train import build_model, train
+from mednext_lite.train_config import TrainConfig
 
 p = sized(size, {
     "ci": dict(use_synthetic=True, offline_task="synthetic", spatial_dims=2, patch_size=[48, 48], epochs=5,

@@ -59,7 +59,7 @@ from matplotlib.figure import Figure
 
 from mednext_lite import MedNeXt, MedNeXtConfig, compound_scale, get_preset, preset_config
 from mednext_lite.fast.allocator import keep_freed_memory
-from mednext_lite.notebooks import Lesson, collect_csv, sized
+from mednext_lite.lesson import Lesson, collect_csv, sized
 from mednext_lite.profile import count_macs, count_parameters, receptive_field
 
 p = sized(size, {
@@ -414,7 +414,8 @@ ablation = {}
 ablation_seeds = [seed + i for i in range(p["n_seeds"])]
 if train_ablation:
     from mednext_lite.data import make_synthetic_task, threshold_baseline
-    from mednext_lite.train import TrainConfig, train
+    from mednext_lite.train import train
+    from mednext_lite.train_config import TrainConfig
 
     task = make_synthetic_task(lesson.out / "data", n_train=p["n_train"], n_test=0, flavour="mri", progress=False)
     arms = {"base": {}, "depth x2": {"block_counts": 2}, "width x2": {"expansion_ratios": 4}, "kernel 5": {"k": 5}}
@@ -558,7 +559,7 @@ if ablation:
 #
 # ```python
 # import papermill as pm
-# from mednext_lite.notebooks import collect_csv, plot_sweep
+# from mednext_lite.lesson import collect_csv, plot_sweep
 # for dims in (2, 3):
 #     pm.execute_notebook("05_compound_scaling.ipynb", f"runs/sweep/05_compound_scaling_{dims}d.ipynb",
 #                         parameters={"size": "class", "spatial_dims": dims, "train_ablation": False,

@@ -65,8 +65,9 @@ from mednext_lite.checkpoint import model_from_checkpoint
 from mednext_lite.data import get_transforms, load_split, load_task, make_dataset, make_synthetic_task
 from mednext_lite.data.brain import make_brain_task
 from mednext_lite.inference import evaluate_model, window_size
-from mednext_lite.notebooks import Lesson, sized
-from mednext_lite.train import TrainConfig, build_model, train
+from mednext_lite.lesson import Lesson, sized
+from mednext_lite.train import build_model, train
+from mednext_lite.train_config import TrainConfig
 from mednext_lite.upkern import UpKernError, upkern, upkern_tensor
 
 p = sized(size, {

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mednext_lite import exercises as ex
-from mednext_lite.notebooks import SIZES, Lesson
+from mednext_lite.lesson import SIZES, Lesson
 
 assert size in SIZES, f"size={size!r}: use one of {SIZES}"
 lesson = Lesson(output_dir, seed=seed, device=device)
