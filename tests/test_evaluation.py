@@ -115,3 +115,22 @@ def test_evaluate_refuses_to_score_labels_against_themselves(tmp_path):
         evaluate_folder(tmp_path / "pred", labels, 2, out_json=task / "labels" / "ev.json")
     assert tree_bytes(task) == before  # nothing written into the task
     assert evaluate_folder(tmp_path / "pred", labels, 2, out_json=tmp_path / "ev.json")["mean_dice"] == 1.0
+
+
+def test_evaluate_refuses_fractional_and_damaged_label_maps(tmp_path):
+    label, ref, affine = _geometry_case(tmp_path)
+    blurred = ref.astype(np.float32)
+    blurred[2:4, 3:5, 1:3] = 0.5  # 8 voxels left between classes by linear interpolation
+    pred = write_nifti(tmp_path / "blurred" / "c.nii.gz", blurred, affine)
+    with pytest.raises(ValueError, match=rf"{pred}: holds 0.5, which is not an integer label: 8 label value\(s\) "
+                                         r"are non-integer"):
+        evaluate_folder(tmp_path / "blurred", [label], 3)
+    # The same classes stored as floats are scored as they are.
+    write_nifti(tmp_path / "floats" / "c.nii.gz", ref.astype(np.float32), affine)
+    assert evaluate_folder(tmp_path / "floats", [label], 3)["mean_dice"] == 1.0
+    # A prediction cut off while being written: the same message as prediction gives a damaged input.
+    raw = (tmp_path / "floats" / "c.nii.gz").read_bytes()
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "c.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"cut/c\.nii\.gz: the voxels cannot be read .*truncated or damaged"):
+        evaluate_folder(tmp_path / "cut", [label], 3)
