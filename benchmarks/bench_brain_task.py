@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     from mednext_lite.data.baseline import threshold_baseline
     from mednext_lite.data.splits import load_split
     from mednext_lite.data.validate import load_task
+    from mednext_lite.evaluation import evaluate_folder
     from mednext_lite.inference import predict_from_checkpoint
-    from mednext_lite.metrics import evaluate_folder
     from mednext_lite.safe_io import atomic_write
     from mednext_lite.train import train
     from mednext_lite.train_config import TrainConfig

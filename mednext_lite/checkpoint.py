@@ -26,7 +26,6 @@ __all__ = [
     "CHECKSUM_KEY",
     "FORMAT",
     "CheckpointError",
-    "atomic_torch_save",
     "check_finite",
     "entry_checksum",
     "load_checkpoint",
@@ -206,25 +205,21 @@ def state_dict_of(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 # -- saving and loading -------------------------------------------------------------------
 
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` through :func:`mednext_lite.safe_io.atomic_write`: a crash at any moment
-    leaves the previous file or the new one, never a torn one, and a symlink at ``path`` is
-    replaced, never written through."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def save_checkpoint(path: str | Path, model: MedNeXt, **extra: Any) -> Path:
     """Save ``model``'s weights with its config (so the file rebuilds its own model) plus ``extra``
-    entries (optimizer state, epoch, ...), atomically, with two SHA-256 per entry that
+    entries (optimizer state, epoch, ...), with two SHA-256 per entry that
     :func:`load_checkpoint` verifies: one of its tensors (:func:`tensor_checksum`) and one of the
-    rest (:func:`entry_checksum`: paths, numbers, settings, structure)."""
+    rest (:func:`entry_checksum`: paths, numbers, settings, structure). The file is written
+    through :func:`mednext_lite.safe_io.atomic_write`: a crash at any moment leaves the previous
+    checkpoint or the new one, never a torn one, and a symlink at ``path`` is replaced, never
+    written through."""
     if not isinstance(model, MedNeXt):
         raise TypeError(f"save_checkpoint needs a MedNeXt, got {type(model).__name__}")
     if CHECKSUM_KEY in extra:
         raise ValueError(f"{CHECKSUM_KEY!r} is reserved for the checkpoint's own checksum: rename that entry")
     payload = {"format": FORMAT, "config": model.config.to_dict(), "state_dict": model.state_dict(), **extra}
     payload[CHECKSUM_KEY] = {"sha256": _tensor_checksums(payload), "entries_sha256": _entry_checksums(payload)}
-    return atomic_torch_save(payload, path)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _unpickling_error(path: Path, err: pickle.UnpicklingError) -> CheckpointError:

@@ -264,7 +264,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     from .data.locate import resolve_task_dir
     from .data.splits import load_split
     from .data.validate import load_task
-    from .metrics import evaluate_folder
+    from .evaluation import evaluate_folder
 
     names, num_classes, labels, task_dirs = None, None, None, []
     if args.task:
@@ -283,7 +283,7 @@ def _evaluate_command(args: argparse.Namespace) -> int:
     if num_classes is None:
         import numpy as np
 
-        from .safe_io import nifti_header
+        from .data.dataset import nifti_header
 
         num_classes = 1 + max(int(np.nanmax(np.asanyarray(nifti_header(path).dataobj))) for path in labels)
         num_classes = max(num_classes, 2)

@@ -7,7 +7,8 @@ a 3D volume slice by slice through the same call: its window is ``(P, P, 1)`` an
 drops and restores the singleton axis. Predictions are mapped back through the inverse of the
 preprocessing (MONAI ``Invertd``) so the written label map has exactly the input's shape and
 affine, whatever cropping, padding or resampling the preprocessing did. What prediction refuses
-before it writes lives in :mod:`mednext_lite.predict_guard`; the scores in :mod:`mednext_lite.metrics`.
+before it writes lives in :mod:`mednext_lite.predict_guard`; the scores in :mod:`mednext_lite.metrics`,
+the scoring of a folder of written predictions in :mod:`mednext_lite.evaluation`.
 """
 
 from __future__ import annotations
@@ -29,22 +30,22 @@ from tqdm.auto import tqdm
 
 from .data.dataset import voxel_spacing
 from .metrics import ScoreAccumulator
-from .model import MedNeXt
 from .predict_guard import (
     check_input_image,
     check_input_voxels,
+    check_loaded_voxels,
     plan_outputs,
-    preprocess_checked,
+    refuse_unreadable,
 )
 from .runtime import resolve_device
 from .safe_io import atomic_write
 
 __all__ = [
     "evaluate_model",
-    "load_model",
     "predict_files",
     "predict_from_checkpoint",
     "predict_volume",
+    "preprocess_checked",
     "sliding_window_logits",
     "window_size",
 ]
@@ -192,19 +193,30 @@ def evaluate_model(
     return result
 
 
-# -- model loading and NIfTI prediction ---------------------------------------------------------
+# -- NIfTI prediction ----------------------------------------------------------------------------
 
-def load_model(checkpoint: str | os.PathLike | dict, device: str | torch.device = "cpu") -> tuple[MedNeXt, dict]:
-    """Rebuild the model stored in a checkpoint; returns ``(model, checkpoint_dict)``.
+def _load_stage_end(transforms: Callable[[dict], dict]) -> int | None:
+    """Index just past the loading step of a MONAI ``Compose`` (so voxels can be checked as read,
+    before normalisation spreads one NaN over the whole image), or None for another callable."""
+    from monai.transforms import Compose, LoadImaged
 
-    The checkpoint's ``train_config`` (when written by the trainer) tells the patch size and
-    preprocessing used in training, so prediction can repeat them.
-    """
-    from .checkpoint import load_checkpoint, model_from_checkpoint
+    if isinstance(transforms, Compose):
+        for i, step in enumerate(transforms.transforms):
+            if isinstance(step, LoadImaged):
+                return i + 1
+    return None
 
-    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt).to(device).eval()
-    return model, ckpt
+
+def preprocess_checked(transforms: Callable[[dict], dict], path: str | os.PathLike, nan_to_num: float | None,
+                       report: Callable[[str], Any]) -> dict:
+    """Run ``transforms`` on ``{"image": path}``, checking its voxels right after loading, before
+    normalisation spreads one NaN over the whole image: a non-finite voxel is refused, or replaced
+    by ``nan_to_num`` with the count passed to ``report``; an unreadable file is a ``ValueError``."""
+    end = _load_stage_end(transforms)
+    with refuse_unreadable(path):
+        item = transforms({"image": str(path)}) if end is None else transforms({"image": str(path)}, end=end)
+    check_loaded_voxels(item["image"], path, nan_to_num, report)
+    return item if end is None else transforms(item, start=end)
 
 
 @torch.no_grad()
@@ -297,6 +309,7 @@ def predict_from_checkpoint(
     checkpoint is read, and again against the checkpoint's task; the checkpoint itself is refused
     if unreadable or not finite.
     """
+    from .checkpoint import load_checkpoint, model_from_checkpoint
     from .data.transforms import get_transforms
     from .data.validate import load_task
 
@@ -305,7 +318,8 @@ def predict_from_checkpoint(
                  task_dirs=[task_dir] if task_dir else [])
     if isinstance(checkpoint, (str, os.PathLike, dict)):
         device = resolve_device(str(device))
-        model, ckpt = load_model(checkpoint, device=device)
+        ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        model = model_from_checkpoint(ckpt).to(device).eval()
         source = "the checkpoint" if isinstance(checkpoint, dict) else f"checkpoint {checkpoint}"
     else:  # a predictor: its own runtime places the windows it is handed on the CPU
         model, device = checkpoint, torch.device("cpu")

@@ -1,5 +1,6 @@
 """What prediction and evaluation refuse before they write: outputs that could touch an input or a
-task's data, inputs the model cannot take, and voxels that are damaged or not finite.
+task's data, inputs the model cannot take, voxels that are damaged or not finite, and label maps
+that hold anything but the task's classes.
 
 Every check here runs before any model work or file creation, so a refused run leaves the disk
 as it found it. Folders are compared by identity (device and inode), so links, bind mounts and
@@ -9,10 +10,11 @@ imagesTr, labelsTr and imagesTs and the folder of every file its dataset.json li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,20 @@ import torch
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
+from .data.dataset import label_problem, nifti_header
 from .errors import root_cause
-from .safe_io import UnsafePathError, nifti_header
+from .safe_io import UnsafePathError
 
 __all__ = [
     "TASK_DATA_FOLDERS",
     "check_input_image",
     "check_input_voxels",
+    "check_label_map",
+    "check_loaded_voxels",
     "check_predictions_folder",
     "plan_outputs",
     "prediction_path",
-    "preprocess_checked",
+    "refuse_unreadable",
 ]
 
 #: The folders an MSD-layout task keeps its data in by convention. A task's data folders are these
@@ -259,7 +264,7 @@ def check_input_image(path: str | os.PathLike, spatial_dims: int = 3, in_channel
     can segment it; returns the lazy nibabel image (no voxel read).
 
     A header claiming an absurd size is refused before any allocation
-    (:func:`mednext_lite.safe_io.nifti_header`). Both 2D and 3D models take volumes: ``(x, y, z)``
+    (:func:`mednext_lite.data.dataset.nifti_header`). Both 2D and 3D models take volumes: ``(x, y, z)``
     for one channel, ``(x, y, z, C)`` for ``C`` modalities (a 2D model segments them slice by
     slice). Anything else is a ``ValueError`` naming the file, its shape and what the model needs.
     """
@@ -286,16 +291,6 @@ def check_input_image(path: str | os.PathLike, spatial_dims: int = 3, in_channel
     return img
 
 
-def _load_stage_end(transforms: Callable[[dict], dict]) -> int | None:
-    """Index just past the loading step of a MONAI ``Compose`` (so voxels can be checked as read,
-    before normalisation spreads one NaN over the whole image), or None for another callable."""
-    from monai.transforms import Compose, LoadImaged
-
-    if isinstance(transforms, Compose):
-        for i, step in enumerate(transforms.transforms):
-            if isinstance(step, LoadImaged):
-                return i + 1
-    return None
 
 
 def _not_finite_error(path: Path, count: int, total: int) -> ValueError:
@@ -314,12 +309,8 @@ def check_input_voxels(img: Any, path: str | os.PathLike, nan_to_num: float | No
     """Read every voxel of the nibabel image ``img`` once, so that a damaged file fails before any
     prediction, and return how many are NaN or infinite; any such voxel is a ``ValueError`` naming
     ``path`` and the count unless ``nan_to_num`` says they will be replaced."""
-    try:
+    with refuse_unreadable(path):
         data = np.asanyarray(img.dataobj)
-    except MemoryError:
-        raise
-    except Exception as err:
-        raise _read_error(Path(path), err) from err
     if data.dtype.kind not in "fc":
         return 0
     count = int(data.size - np.count_nonzero(np.isfinite(data)))
@@ -328,30 +319,43 @@ def check_input_voxels(img: Any, path: str | os.PathLike, nan_to_num: float | No
     return count
 
 
-def _require_finite(image: torch.Tensor, path: Path, nan_to_num: float | None, report: Callable[[str], Any]) -> None:
+@contextlib.contextmanager
+def refuse_unreadable(path: str | os.PathLike) -> Iterator[None]:
+    """Within the block, any failure to read ``path`` (what nibabel, zlib or a MONAI loader raises
+    on a truncated or damaged file) becomes one ``ValueError`` naming the file and the fix; running
+    out of memory stays a ``MemoryError``."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as err:
+        raise _read_error(Path(path), err) from err
+
+
+def check_loaded_voxels(image: torch.Tensor, path: str | os.PathLike, nan_to_num: float | None,
+                        report: Callable[[str], Any]) -> None:
+    """Refuse an image just loaded from ``path`` that holds NaN or inf, or, with ``nan_to_num``,
+    replace those voxels in place and pass their count to ``report``; run it before normalisation
+    spreads one NaN over the whole image."""
     bad = ~torch.isfinite(image)
     count = int(bad.sum())
     if not count:
         return
     if nan_to_num is None:
-        raise _not_finite_error(path, count, image.numel())
+        raise _not_finite_error(Path(path), count, image.numel())
     image.masked_fill_(bad, float(nan_to_num))
     report(f"{path}: replaced {count} non-finite voxel value(s) with {nan_to_num:g} (--nan-to-num)")
 
 
-def preprocess_checked(transforms: Callable[[dict], dict], path: Path, nan_to_num: float | None,
-                       report: Callable[[str], Any]) -> dict:
-    """Run ``transforms`` on ``{"image": path}``, checking its voxels right after loading, before
-    normalisation spreads one NaN over the whole image: a non-finite voxel is refused, or replaced
-    by ``nan_to_num`` with the count passed to ``report``; an unreadable file is a ``ValueError``."""
-    end = _load_stage_end(transforms)
-    try:
-        item = transforms({"image": str(path)}) if end is None else transforms({"image": str(path)}, end=end)
-    except MemoryError:
-        raise
-    except Exception as err:
-        raise _read_error(path, err) from err
-    _require_finite(item["image"], path, nan_to_num, report)
-    return item if end is None else transforms(item, start=end)
-
-
+def check_label_map(data: np.ndarray, path: str | os.PathLike, num_classes: int) -> None:
+    """Refuse a label map read from ``path`` unless it holds the classes 0..num_classes-1 only: NaN,
+    inf and fractions (:func:`~mednext_lite.data.dataset.label_problem`) and class numbers outside
+    the task's would be scored as some other class or crash the scoring."""
+    problem = label_problem(data)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}: a label map holds class numbers only; re-export it")
+    outside = np.unique(data[(data < 0) | (data >= num_classes)])
+    if outside.size:
+        raise ValueError(f"{path}: holds label value(s) {_first_few(outside.astype(np.int64).tolist())} outside "
+                         f"0..{num_classes - 1} ({num_classes} classes): check that it belongs to this task (or pass "
+                         "the task's --task)")

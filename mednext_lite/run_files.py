@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .metrics import write_csv
-from .safe_io import atomic_write
+from .safe_io import atomic_write, write_csv
 from .train_config import FLAGS, TrainConfig
 from .variants import preset_config
 

@@ -1,29 +1,24 @@
-"""Writing files so that a crash, a symlink or a hostile header can never cost a user data.
+"""Writing files so that a crash or a symlink can never cost a user data.
 
-Two ideas, used by every writer and reader in the package:
-
-* :func:`atomic_write` writes to a fresh temporary file beside the target, flushes it to disk and
-  renames it over the target. A crash leaves the old file or the new one, never a torn one, and
-  the rename replaces a symlink *itself*: nothing is ever written through a link found in a task
-  or run folder.
-* :func:`nifti_header` opens a NIfTI file's header only and refuses one whose shape claims more
-  voxels than :data:`MAX_VOXELS` before any array is allocated.
+Every writer in the package goes through :func:`atomic_write`: it writes to a fresh temporary
+file beside the target, flushes it to disk and renames it over the target. A crash leaves the
+old file or the new one, never a torn one, and the rename replaces a symlink *itself*: nothing
+is ever written through a link found in a task or run folder. :func:`write_csv` writes a table
+the same way.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_VOXELS", "UnsafePathError", "atomic_write", "nifti_header", "refuse_symlink"]
-
-#: Largest image (voxels x channels) the package reads: 2^31 float32 values are 8 GiB, beyond any
-#: released MSD case (BrainTumour 240x240x155x4 is 36 M) by a factor of 60.
-MAX_VOXELS = 2**31
+__all__ = ["UnsafePathError", "atomic_write", "refuse_symlink", "write_csv"]
 
 
 class UnsafePathError(ValueError):
@@ -101,17 +96,16 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], A
     return path
 
 
-def nifti_header(path: str | os.PathLike, *, max_voxels: int = MAX_VOXELS) -> Any:
-    """Open a NIfTI image lazily (header only) with nibabel and return it; refuse with
-    ``ValueError`` a header whose shape holds more than ``max_voxels`` values, naming the shape."""
-    import nibabel as nib
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as a CSV table with a header, atomically (:func:`atomic_write`).
 
-    img = nib.load(os.fspath(path))
-    shape = tuple(int(s) for s in img.shape)
-    count = 1
-    for s in shape:
-        count *= max(s, 1)
-    if count > max_voxels:
-        raise ValueError(f"{path}: header claims shape {shape} ({count:,} values), above the limit of "
-                         f"{max_voxels:,}; the header is probably damaged: re-export the file")
-    return img
+    ``fieldnames`` default to every key of every row in order of first appearance; a row lacking
+    one leaves its cell empty (validation columns exist only in the epochs that validate).
+    """
+    if fieldnames is None:
+        fieldnames = list(dict.fromkeys(key for row in rows for key in row))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(fieldnames))
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, table.getvalue())

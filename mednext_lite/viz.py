@@ -179,16 +179,16 @@ def label_colormap(num_labels: int) -> ListedColormap:
 
 
 def _label_values(label: np.ndarray, name: str) -> set[int]:
-    """The distinct values of a label map, refusing values that are not integers."""
-    values = np.unique(label)
-    if values.dtype.kind == "f":
-        bad = values[~np.isfinite(values) | (values != np.round(values))]
-        if bad.size:
-            raise ValueError(f"{name} holds {float(bad[0])}, which is not an integer label: label maps hold integers "
-                             f"(pass np.rint({name}).astype(int), and replace NaN/inf first)")
-    elif values.dtype.kind not in "iub":
-        raise TypeError(f"{name} has dtype {values.dtype}: pass an integer label map, e.g. {name}.astype(int)")
-    return {int(v) for v in values}
+    """The distinct values of a label map, refusing one that holds anything but class numbers."""
+    # Deferred: the data package pulls in MONAI, which drawing a slice does not otherwise need.
+    from .data.dataset import label_problem
+
+    problem = label_problem(label)
+    if problem is not None:
+        raise (ValueError if label.dtype.kind == "f" else TypeError)(
+            f"{name} {problem}: label maps hold integers (pass np.rint({name}).astype(int), and replace NaN/inf "
+            "first)")
+    return {int(v) for v in np.unique(label)}
 
 
 def figure_png(fig: Figure, dpi: int = 90) -> Any:

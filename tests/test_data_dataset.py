@@ -29,6 +29,7 @@ from mednext_lite.data import (
     validate_task,
 )
 from mednext_lite.data.commands import inspect_main
+from mednext_lite.data.dataset import MAX_VOXELS, label_problem, nifti_header
 
 # The descriptive keys as Task07_Pancreas releases them (note "relase").
 RELEASED = {"name": "Pancreas", "description": "Pancreas and cancer segmentation",
@@ -338,6 +339,31 @@ def test_label_with_interpolated_values(task):
     problem = _line_for(report.errors, path)
     assert "non-integer" in problem and "nearest" in problem
     assert report.warnings == []  # an error, not also the float-dtype warning
+
+
+def test_nifti_header_limit_is_inclusive(tmp_path):
+    path = tmp_path / "img.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), np.eye(4)), str(path))
+    assert nifti_header(path, max_voxels=120).shape == (4, 5, 6)  # exactly at the limit: read
+    with pytest.raises(ValueError, match=r"shape \(4, 5, 6\) \(120 values\), above the limit of 119"):
+        nifti_header(path, max_voxels=119)
+    four_d = tmp_path / "img4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), str(four_d))
+    assert nifti_header(four_d, max_voxels=48).shape == (2, 3, 4, 2)  # channels count as values
+    with pytest.raises(ValueError, match="48 values"):
+        nifti_header(four_d, max_voxels=47)
+    assert MAX_VOXELS == 2**31
+
+
+def test_label_problem_names_the_first_bad_value_and_counts_them():
+    assert label_problem(np.array([[0, 1], [2, 1]], np.uint8)) is None
+    assert label_problem(np.array([0.0, 1.0, 2.0], np.float32)) is None  # class numbers stored as floats
+    assert label_problem(np.array([0.0, np.nan, np.inf, np.nan])) == (
+        "holds inf, which is not an integer label: 3 label value(s) are not finite (NaN or inf)")
+    assert label_problem(np.array([0.0, 1.5, 0.25, 1.5])) == (
+        "holds 0.25, which is not an integer label: 3 label value(s) are non-integer (fractions, as linear "
+        "interpolation leaves them)")
+    assert label_problem(np.array(["a", "b"])) == "has dtype <U1, which holds no class numbers"
 
 
 def test_header_claiming_32767_cubed_is_refused_before_allocation(task):

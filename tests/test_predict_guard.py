@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from label_files import mini_task, renamed_task, tree_bytes, write_nifti
 
+from mednext_lite.data.dataset import MAX_VOXELS
 from mednext_lite.predict_guard import check_input_image, plan_outputs
-from mednext_lite.safe_io import MAX_VOXELS
 
 
 def test_plan_outputs_refuses_every_output_that_could_touch_an_input(tmp_path):

@@ -1,21 +1,19 @@
 """safe_io on real files: permissions as any new file gets them, no temporary left behind, links
-replaced and never followed, folders refused, and the NIfTI header size limit at its edge."""
+replaced and never followed, folders refused, and CSV tables written whole."""
 
 from __future__ import annotations
 
+import csv
 import os
 import stat
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from mednext_lite.safe_io import (
-    MAX_VOXELS,
     UnsafePathError,
     atomic_write,
-    nifti_header,
     refuse_symlink,
+    write_csv,
 )
 
 
@@ -116,15 +114,9 @@ def test_refuse_symlink(tmp_path):
     assert regular.read_bytes() == b"x"
 
 
-def test_nifti_header_limit_is_inclusive(tmp_path):
-    path = tmp_path / "img.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.uint8), np.eye(4)), str(path))
-    assert nifti_header(path, max_voxels=120).shape == (4, 5, 6)  # exactly at the limit: read
-    with pytest.raises(ValueError, match=r"shape \(4, 5, 6\) \(120 values\), above the limit of 119"):
-        nifti_header(path, max_voxels=119)
-    four_d = tmp_path / "img4d.nii.gz"
-    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), str(four_d))
-    assert nifti_header(four_d, max_voxels=48).shape == (2, 3, 4, 2)  # channels count as values
-    with pytest.raises(ValueError, match="48 values"):
-        nifti_header(four_d, max_voxels=47)
-    assert MAX_VOXELS == 2**31
+def test_write_csv_fills_missing_cells(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25, "dice": 0.75}])
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows == [{"epoch": "1", "loss": "0.5", "dice": ""}, {"epoch": "2", "loss": "0.25", "dice": "0.75"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

@@ -3,7 +3,10 @@
 The dataset.json is taken as the Decathlon released it: only the keys training reads
 (``training``, ``labels``, ``modality``) are required, and the descriptive ones may be missing or,
 like the releases' ``"relase"``, misspelt. What cannot be used is returned as one line per problem,
-naming the file and the fix, for ``validate.check_task`` to report with the file checks.
+naming the file and the fix, for ``validate.check_task`` to report with the file checks. Every
+NIfTI file is opened through :func:`nifti_header`, which refuses a header claiming more than
+:data:`MAX_VOXELS` values before any array is allocated; :func:`label_problem` says what makes an
+array no label map (NaN, inf or fractions), for every reader of labels to refuse it alike.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
-from ..safe_io import nifti_header
-
 __all__ = [
+    "MAX_VOXELS",
     "MSD_KEYS",
     "NIFTI_ERRORS",
     "TRAINING_KEYS",
     "TaskInfo",
+    "label_problem",
+    "nifti_header",
     "read_dataset_json",
     "read_image",
     "voxel_spacing",
@@ -43,8 +47,12 @@ TRAINING_KEYS = ("training", "labels", "modality")
 MSD_KEYS = ("name", "description", "reference", "licence", "release", "tensorImageSize",
             "modality", "labels", "numTraining", "numTest", "training", "test")
 
+#: Largest image (voxels x channels) the package reads: 2^31 float32 values are 8 GiB, beyond any
+#: released MSD case (BrainTumour 240x240x155x4 is 36 M) by a factor of 60.
+MAX_VOXELS = 2**31
+
 #: What nibabel raises on bad files: unknown format, bad header values, gzip/zlib damage, short
-#: reads of a truncated file (and safe_io's refusal of an absurd header, a ValueError).
+#: reads of a truncated file (and :func:`nifti_header`'s refusal of an absurd header, a ValueError).
 NIFTI_ERRORS = (ImageFileError, HeaderDataError, OSError, EOFError, ValueError, zlib.error)
 
 # Values quoted in problem lines: a hostile entry (a 10^6-character name, a list nested 900 deep)
@@ -93,11 +101,6 @@ class TaskInfo:
     def is_ct(self) -> bool:
         """True when every modality is CT (Hounsfield units: window, not z-score)."""
         return bool(self.modality) and all(m.strip().upper() == "CT" for m in self.modality.values())
-
-    @property
-    def foreground_labels(self) -> list[int]:
-        """Label values other than background, sorted."""
-        return sorted(v for v in self.labels if v != 0)
 
 
 # ---------------------------------------------------------------- dataset.json
@@ -283,6 +286,43 @@ def read_dataset_json(task_dir: Path) -> tuple[TaskInfo | None, list[str], list[
 
 
 # ---------------------------------------------------------------- images
+
+
+def nifti_header(path: str | os.PathLike, *, max_voxels: int = MAX_VOXELS) -> Any:
+    """Open a NIfTI image lazily (header only) with nibabel and return it; refuse with
+    ``ValueError`` a header whose shape holds more than ``max_voxels`` values, naming the shape."""
+    img = nib.load(os.fspath(path))
+    shape = tuple(int(s) for s in img.shape)
+    count = 1
+    for s in shape:
+        count *= max(s, 1)
+    if count > max_voxels:
+        raise ValueError(f"{path}: header claims shape {shape} ({count:,} values), above the limit of "
+                         f"{max_voxels:,}; the header is probably damaged: re-export the file")
+    return img
+
+
+def label_problem(data: np.ndarray) -> str | None:
+    """What makes ``data`` no label map, as words to follow its name, or None when every value is a
+    class number (a finite integer, whatever the dtype stores it as).
+
+    A label map holds class numbers only: NaN or inf (say, a failed export), or fractions (what
+    resampling with linear interpolation leaves) would be scored, drawn or trained on as some other
+    class. The words name the first such value and how many there are, e.g. ``"holds nan, which is
+    not an integer label: 1 label value(s) are not finite (NaN or inf)"``.
+    """
+    data = np.asanyarray(data)
+    if data.dtype.kind in "iub":
+        return None
+    if data.dtype.kind != "f":
+        return f"has dtype {data.dtype}, which holds no class numbers"
+    bad, what = ~np.isfinite(data), "are not finite (NaN or inf)"
+    if not bad.any():
+        bad, what = data != np.round(data), "are non-integer (fractions, as linear interpolation leaves them)"
+        if not bad.any():
+            return None
+    first = float(np.unique(data[bad])[0])
+    return f"holds {first:g}, which is not an integer label: {int(bad.sum())} label value(s) {what}"
 
 
 def voxel_spacing(affine: Any, spatial_dims: int = 3) -> list[float]:

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..safe_io import nifti_header
-from .dataset import NIFTI_ERRORS, TaskInfo, read_dataset_json, voxel_spacing
+from .dataset import (
+    NIFTI_ERRORS,
+    TaskInfo,
+    label_problem,
+    nifti_header,
+    read_dataset_json,
+    voxel_spacing,
+)
 
 __all__ = [
     "DatasetError",
@@ -98,7 +104,7 @@ def _open(path: Path, what: str, read_data: bool) -> tuple[Any, np.ndarray | Non
         img = nifti_header(path)
     except NIFTI_ERRORS as err:
         text = str(err)
-        if text.startswith(f"{path}:"):  # safe_io's refusal already names the file and the fix
+        if text.startswith(f"{path}:"):  # nifti_header's refusal already names the file and the fix
             return None, None, text
         return None, None, f"{path}: {what} is not a readable NIfTI file ({type(err).__name__}: {err}); {_REEXTRACT}"
     if not read_data:
@@ -125,6 +131,11 @@ class _Case:
     @cached_property
     def label_values(self) -> np.ndarray:
         return np.unique(self.label_data)
+
+    @cached_property
+    def label_problem(self) -> str | None:
+        """What makes the label's voxels no class numbers (:func:`~mednext_lite.data.dataset.label_problem`)."""
+        return label_problem(self.label_data)
 
     def see_montage(self) -> str:
         """Where to look: the case's row in the montage that ``inspect`` draws."""
@@ -170,14 +181,10 @@ def _label_geometry(case: _Case) -> list[str]:
 def _label_values(case: _Case) -> list[str]:
     if case.label_data is None:
         return []
-    values = case.label_values
-    if not np.all(np.isfinite(values)):
-        return [f"{case.label_path}: label contains NaN/inf; rewrite it with integer values"]
-    fractional = values[values != np.round(values)]
-    if fractional.size:
-        return [(f"{case.label_path}: label has non-integer values {fractional[:5].tolist()}; it was probably "
-                 "resampled with linear interpolation: use nearest neighbour")]
-    unknown = sorted({int(v) for v in values} - set(case.info.labels))
+    if case.label_problem is not None:
+        return [(f"{case.label_path}: label {case.label_problem}; rewrite it with class numbers only (a label "
+                 "is resampled with nearest neighbour, never linear interpolation)")]
+    unknown = sorted({int(v) for v in case.label_values} - set(case.info.labels))
     if unknown:
         return [(f"{case.label_path}: label values {unknown} are not declared in dataset.json 'labels' "
                  f"{sorted(case.info.labels)}; add them to 'labels' or relabel the file")]
@@ -186,10 +193,8 @@ def _label_values(case: _Case) -> list[str]:
 
 def _label_dtype(case: _Case) -> list[str]:
     data = case.label_data
-    if data is None or data.dtype.kind != "f" or not np.all(np.isfinite(case.label_values)):
-        return []
-    if not np.all(case.label_values == np.round(case.label_values)):
-        return []  # _label_values reports it
+    if data is None or data.dtype.kind != "f" or case.label_problem is not None:
+        return []  # _label_values reports a label that holds anything but class numbers
     return [(f"{case.label_path}: label is stored as {data.dtype} holding the integers "
              f"{case.label_values[:8].astype(np.int64).tolist()}; it trains as is, but {case.see_montage()} and "
              "store labels as uint8 (a float label is often one that was interpolated)")]

@@ -57,6 +57,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from mednext_lite import viz
+from mednext_lite.checkpoint import model_from_checkpoint
 from mednext_lite.data import (
     DownloadError,
     get_transforms,
@@ -70,10 +71,11 @@ from mednext_lite.data import (
 )
 from mednext_lite.data.brain import make_brain_task
 from mednext_lite.data.commands import summarize_task
-from mednext_lite.inference import load_model, predict_from_checkpoint, window_size
+from mednext_lite.evaluation import evaluate_folder
+from mednext_lite.inference import predict_from_checkpoint, window_size
 from mednext_lite.lesson import Lesson, sized
 from mednext_lite.losses import deep_supervision_weights
-from mednext_lite.metrics import dice_scores, evaluate_folder
+from mednext_lite.metrics import dice_scores
 from mednext_lite.train import build_model, train
 from mednext_lite.train_config import TrainConfig
 
@@ -257,7 +259,7 @@ if len(history) > 1:
 # held-out slice: the top row is each head's prediction, the bottom row the target it is trained on.
 
 # %%
-model, _ = load_model(result.best_checkpoint, device=lesson.device)
+model = model_from_checkpoint(result.best_checkpoint).to(lesson.device).eval()
 assert model.deep_supervision, "the trainer builds the network with deep supervision"
 case = test_cases[0]
 tf = get_transforms(info, mode="val", patch_size=window_size(cfg.patch_size, cfg.spatial_dims, 3),
