@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import build, step_fn, sync, time_steps  # noqa: E402
+from gpu_bench import build, step_fn, sync, time_steps
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 DEPTHWISE = re.compile(r"depthwise|_dw_", re.IGNORECASE)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = json.loads(args.ops_json.read_text()) if args.ops_json and args.ops_json.exists() else None
     entry = sorted(auto_entry(steps, ops))
     out["auto_triton"] = entry
-    print(f"\nAUTO_TRITON entry these rows support (mednext_lite/fast/conv.py): "
+    print("\nAUTO_TRITON entry these rows support (mednext_lite/fast/conv.py): "
           + (f"{name!r}: frozenset({entry!r})" if entry else "none (no kernel size won in every row)"))
     print(f"(gpu_kernels total {time.perf_counter() - start:.0f} s)")
     save()

@@ -63,7 +63,8 @@ def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
 
 
 def _triton_runs_on(device: torch.device) -> bool:
-    from .fast import triton_depthwise  # imports triton: only for runs that ask for its kernels
+    # imports triton: only for runs that ask for its kernels
+    from .fast import triton_depthwise
 
     return triton_depthwise.available(device)
 
@@ -155,8 +156,8 @@ class Trainer:
         from torch.utils.data import DistributedSampler
 
         from .data.splits import get_or_make_split
-        from .data.validate import load_task
         from .data.transforms import get_transforms, make_dataset
+        from .data.validate import load_task
 
         cfg = self.cfg
         self.info = load_task(cfg.task_dir)

@@ -37,7 +37,7 @@ def _triton():
     return importlib.import_module("mednext_lite.fast.triton_depthwise")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpu_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
