@@ -285,13 +285,13 @@ def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
             "threads": args.threads, "keep_freed_memory": args.keep_freed_memory}
     workers = [Worker(dict(spec, ckpt=policy)) for policy in CKPT_POLICIES.values()]
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        results = round_robin(workers, "step", args.repeats, args.budget_s)
+        mems = [w.ask("mem") for w in workers]
+        with tempfile.TemporaryDirectory() as tmp:  # after the memory reading, which it would change
             grads = []
             for i, w in enumerate(workers):
                 w.ask(f"grads {tmp}/{i}.pt")
                 grads.append(torch.load(f"{tmp}/{i}.pt"))
-        results = round_robin(workers, "step", args.repeats, args.budget_s)
-        mems = [w.ask("mem") for w in workers]
     finally:
         for w in workers:
             w.close()
