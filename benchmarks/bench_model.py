@@ -5,7 +5,9 @@ Sections (``--only`` picks some, comma-separated):
 * ``train``: S preset, forward + backward + AdamW step at batch 1, 64^3 (3D) and 256^2 (2D), k3 and k5,
   float32. MONAI's network is built, its weights are copied into ours with
   ``mednext_lite.interop.convert_monai_state_dict`` and the outputs are checked equal first.
-* ``ckpt``: M preset, our step with and without gradient checkpointing.
+* ``ckpt``: M preset, our step under each gradient-checkpointing policy: off, ``"block"`` (whole
+  blocks recomputed) and ``"expansion"`` (only the wide part after each depthwise conv), stepped in
+  turn, with the largest gradient difference to the ``off`` step.
 * ``infer``: sliding-window inference of one 128^3 volume (MONAI's ``sliding_window_inference``,
   64^3 windows, overlap 0.25), volumes per minute, both networks in the same call.
 * ``peak``: our training step's achieved GFLOP/s next to a 4096^2 float32 matmul in the same run,
@@ -96,6 +98,11 @@ def worker(spec: dict[str, Any]) -> None:
             with torch.no_grad():
                 torch.save(model(x), arg)
             model.train()
+        elif cmd == "grads":
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            torch.save({n: p.grad for n, p in model.named_parameters()}, arg)
+            opt.zero_grad(set_to_none=True)
         elif cmd == "step":
             if not base_rss:
                 base_rss, reset = _proc_status_bytes("VmRSS"), _reset_peak_rss()
@@ -253,18 +260,55 @@ def step_pair(args: argparse.Namespace, spec: dict[str, Any], variants: dict[str
     return {la: med(ra, "wall"), lb: med(rb, "wall")}, {la: ma["step_peak"], lb: mb["step_peak"]}
 
 
+def round_robin(workers: list[Worker], command: str, repeats: int, budget_s: float) -> list[list[dict]]:
+    """``command`` on every worker in turn, the order rotated each round, after one warm-up each."""
+    for w in workers:
+        w.ask(command)
+    results: list[list[dict]] = [[] for _ in workers]
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        for j in range(len(workers)):
+            k = (i + j) % len(workers)
+            results[k].append(workers[k].ask(command))
+        if i + 1 >= 3 and time.perf_counter() - t0 > budget_s:
+            break
+    return results
+
+
+CKPT_POLICIES = {"off": False, "block": "block", "expansion": "expansion"}
+
+
 def bench_ckpt(args: argparse.Namespace, rows: list[dict]) -> None:
-    size = args.size3d
-    print(f"\n## Gradient checkpointing, M preset, k3, 1x1x{size}^3, batch 1")
-    spec = {"variant": "M", "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours", "threads": args.threads,
-            "keep_freed_memory": args.keep_freed_memory}
-    secs, peak = step_pair(args, spec, {"off": {"ckpt": False}, "on": {"ckpt": True}}, "checkpointing")
-    row = {"section": "ckpt", "size": size, "off_s": secs["off"], "on_s": secs["on"],
-           "off_peak": peak["off"], "on_peak": peak["on"]}
-    row["memory_ratio"] = row["on_peak"] / row["off_peak"]
-    row["time_ratio"] = row["on_s"] / row["off_s"]
+    size, variant = args.size3d, args.ckpt_variant
+    print(f"\n## Gradient checkpointing policies, {variant} preset, k3, 1x1x{size}^3, batch 1, float32")
+    spec = {"variant": variant, "dims": 3, "k": 3, "size": size, "classes": 3, "impl": "ours",
+            "threads": args.threads, "keep_freed_memory": args.keep_freed_memory}
+    workers = [Worker(dict(spec, ckpt=policy)) for policy in CKPT_POLICIES.values()]
+    try:
+        results = round_robin(workers, "step", args.repeats, args.budget_s)
+        mems = [w.ask("mem") for w in workers]
+        with tempfile.TemporaryDirectory() as tmp:  # after the memory reading, which it would change
+            grads = []
+            for i, w in enumerate(workers):
+                w.ask(f"grads {tmp}/{i}.pt")
+                grads.append(torch.load(f"{tmp}/{i}.pt"))
+    finally:
+        for w in workers:
+            w.close()
+    print("| policy | step s (median) | time vs off | peak step MiB | memory vs off | max grad diff vs off | n |")
+    print("|---|---|---|---|---|---|---|")
+    # one row for the section: <key>_s and <key>_peak per policy ("on" is "block", as set_grad_checkpointing(True))
+    row: dict[str, Any] = {"section": "ckpt", "variant": variant, "size": size}
+    for (name, _), r, m, g in zip(CKPT_POLICIES.items(), results, mems, grads):
+        key = {"block": "on"}.get(name, name)
+        row[f"{key}_s"], row[f"{key}_peak"], row[f"{key}_n"] = med(r, "wall"), m["step_peak"], len(r)
+        row[f"{key}_grad_diff"] = max(float((g[n] - grads[0][n]).abs().max()) for n in g)
+        print(f"| {name} | {row[f'{key}_s']:.2f} | x{row[f'{key}_s'] / row['off_s']:.2f} | {mib(m['step_peak'])} "
+              f"| x{m['step_peak'] / row['off_peak']:.2f} | {row[f'{key}_grad_diff']:.1e} | {len(r)} |", flush=True)
+    row["memory_ratio"], row["time_ratio"] = row["on_peak"] / row["off_peak"], row["on_s"] / row["off_s"]
+    row["expansion_memory_ratio"] = row["expansion_peak"] / row["off_peak"]
+    row["expansion_time_ratio"] = row["expansion_s"] / row["off_s"]
     rows.append(row)
-    print(f"\ncheckpointing: peak step memory x{row['memory_ratio']:.2f}, step time x{row['time_ratio']:.2f}")
 
 
 def bench_infer(args: argparse.Namespace, rows: list[dict]) -> None:
@@ -359,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=300.0,
                    help="stop repeating a pair after this many seconds (at least 3 repeats are kept)")
     p.add_argument("--size3d", type=int, default=64)
+    p.add_argument("--ckpt-variant", default="M", help="preset of the ckpt section")
     p.add_argument("--size2d", type=int, default=256)
     p.add_argument("--infer-size", type=int, default=128)
     p.add_argument("--kernels", type=int, nargs="+", default=[3, 5])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fast.conv import depthwise_conv, pointwise_conv, transposed_depthwise_conv
 from .fast.norm import PerChannelGroupNorm, norm_pointwise
@@ -132,6 +133,7 @@ class MedNeXtBlock(nn.Module):
         self.grn = GRN(hidden, spatial_dims) if grn else nn.Identity()
         self.conv3 = pointwise_conv(spatial_dims, hidden, out_channels)
         self.residual = residual
+        self.checkpoint_expansion = False  # recompute expansion() in backward (MedNeXt.set_grad_checkpointing)
 
     @staticmethod
     def make_conv1(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
@@ -139,12 +141,18 @@ class MedNeXtBlock(nn.Module):
         return depthwise_conv(spatial_dims, channels, kernel_size)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
-        """The block without its residual path, one line per layer of the figure.
+        """The block without its residual path: the depthwise conv, then :meth:`expansion`."""
+        x = self.conv1(x)
+        if self.checkpoint_expansion and torch.is_grad_enabled():
+            return checkpoint(self.expansion, x, use_reentrant=False)
+        return self.expansion(x)
+
+    def expansion(self, x: torch.Tensor) -> torch.Tensor:
+        """The block after its depthwise conv, one line per layer of the figure: the wide (R*C) part.
 
         The norm and the 1x1 expansion share one line, ``conv2(norm(x))``, because the CPU fast path
         folds them into one matrix product (``docs/kernels.md``).
         """
-        x = self.conv1(x)
         x = norm_pointwise(x, self.norm, self.conv2)  # self.conv2(self.norm(x))
         x = self.act(x)
         x = self.grn(x)

@@ -34,6 +34,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _grad_checkpointing(text: str) -> Any:
+    """argparse type of ``--grad-checkpointing``: auto (the preset's), on/block, expansion, off, or one
+    of off/block/expansion per stage, comma-separated (enc0, .., bottleneck, .., dec0)."""
+    from .model import NUM_STAGES
+
+    names = {"on": True, "block": "block", "expansion": "expansion", "off": False}
+    if text == "auto":
+        return None
+    if text in names:
+        return names[text]
+    entries = [e.strip() for e in text.split(",")]
+    if len(entries) != NUM_STAGES or any(e not in ("off", "block", "expansion") for e in entries):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use auto, on, off, block or expansion, or {NUM_STAGES} comma-separated entries of "
+            "off/block/expansion, one per stage, e.g. off,off,block,block,block,block,block,off,off")
+    return tuple(None if e == "off" else e for e in entries)
+
+
 def _patch(values: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] | None:
     if not values:
         return None
@@ -44,6 +62,9 @@ def _patch(values: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] |
 # -- train ---------------------------------------------------------------------------------------
 
 def _add_train(sub: Any) -> None:
+    from .fast.conv import KERNELS
+    from .variants import PRESETS
+
     p = sub.add_parser("train", help="train MedNeXt on an MSD-layout task (resumable, DDP-ready)",
                        description="Train MedNeXt with the paper's recipe. Run under `torchrun --nproc_per_node N` "
                                    "for multi-process DDP (gloo on CPU, nccl on GPU).",
@@ -59,14 +80,19 @@ def _add_train(sub: Any) -> None:
     g.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes")
     g.add_argument("--no-augment", action="store_true", help="disable flips/rotations/intensity augmentation")
     m = p.add_argument_group("model")
-    m.add_argument("--variant", default="S", choices=("S", "B", "M", "L"), help="MedNeXt preset")
+    m.add_argument("--variant", default="S", choices=tuple(PRESETS), help="MedNeXt preset")
     m.add_argument("--kernel", type=int, default=3, help="depthwise kernel size (3 or 5 in the paper)")
     m.add_argument("--spatial-dims", type=int, default=3, choices=(2, 3), help="3D, or 2D on slices")
     m.add_argument("--base-width", type=int, default=None, help="override the base width C (preset: 32)")
     m.add_argument("--blocks", type=int, default=None, help="override blocks per stage (all stages)")
     m.add_argument("--no-deep-supervision", action="store_true", help="train the full-resolution head only")
-    m.add_argument("--grad-checkpointing", choices=("auto", "on", "off"), default="auto",
-                   help="recompute activations in backward (auto: on for M and L, as in the paper)")
+    m.add_argument("--grad-checkpointing", type=_grad_checkpointing, default="auto", metavar="POLICY",
+                   help="recompute activations in backward: auto (on for M and L, as in the paper), on (= block: "
+                        "whole blocks), expansion (only the wide part after each depthwise conv), off, or 9 "
+                        "comma-separated off/block/expansion entries, one per stage")
+    m.add_argument("--kernels", choices=KERNELS, default="pytorch",
+                   help="depthwise conv kernels: PyTorch's, the Triton kernels (CUDA; needs triton), or auto "
+                        "(Triton only on a GPU where they were measured faster)")
     m.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
                    help="activation layout (auto: the fastest for the device; the same maths in each)")
     m.add_argument("--no-keep-freed-memory", action="store_true",
@@ -126,7 +152,7 @@ def _train_config(args: argparse.Namespace):
         "seed": args.seed, "val_overlap": args.overlap, "val_blend": args.blend, "max_val_cases": args.max_val_cases,
         "hd95": args.hd95, "resume": args.resume, "overwrite": args.overwrite, "device": args.device,
         "progress": not args.no_progress,
-        "grad_checkpointing": {"auto": None, "on": True, "off": False}[args.grad_checkpointing],
+        "grad_checkpointing": args.grad_checkpointing, "kernels": args.kernels,
     }
     if args.run_dir:
         kw["run_dir"] = args.run_dir

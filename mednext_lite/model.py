@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import NORMS, Head, MedNeXtBlock, MedNeXtDownBlock, MedNeXtUpBlock
 from .fast.conv import pointwise_conv
+from .fast.conv import set_kernels as _set_kernels
 from .fast.layout import MEMORY_FORMATS, as_memory_format, resolve_memory_format
 
 LEVELS = 4
@@ -34,6 +35,39 @@ TOPOLOGIES = {
     "monai": "down block i expands by R[i]; no down block has GRN (monai.networks.nets.MedNeXt)",
     "v2": "down block i expands by R[i+1]; with grn, every down block has GRN (the MedNeXt v2 presets)",
 }
+
+
+#: What gradient checkpointing recomputes in the backward pass, per stage: the whole block
+#: (``"block"``: only its input is kept) or only the part after its depthwise conv
+#: (``"expansion"``: the norm, the R*C-wide 1x1 expansion, GELU, [GRN] and the 1x1 compression; the
+#: depthwise conv's output is kept, so the conv is not run twice). ``None``: nothing recomputed.
+CHECKPOINT_POLICIES = ("block", "expansion")
+
+
+def checkpoint_policy(value: Any) -> tuple[str | None, ...]:
+    """``value`` as one checkpointing entry per stage (None, ``"block"`` or ``"expansion"``).
+
+    ``True`` is ``"block"`` everywhere, ``False``/``None`` nothing; one policy name applies to every
+    stage; a sequence gives one entry per stage (NUM_STAGES of them, ``enc0`` .. ``dec0``).
+    """
+    if value is None or value is False:
+        return (None,) * NUM_STAGES
+    if value is True:
+        return ("block",) * NUM_STAGES
+    if isinstance(value, str):
+        value = (value,) * NUM_STAGES
+    try:
+        entries = tuple(value)
+    except TypeError:
+        raise TypeError(f"grad checkpointing {value!r}: use True, False, one of {CHECKPOINT_POLICIES} or a sequence of "
+                        f"{NUM_STAGES} entries None/{'/'.join(map(repr, CHECKPOINT_POLICIES))}") from None
+    if len(entries) != NUM_STAGES:
+        raise ValueError(f"grad checkpointing has {len(entries)} entries, expected {NUM_STAGES} (one per stage: "
+                         f"{', '.join(STAGE_NAMES)}), each None, 'block' or 'expansion'")
+    for stage, entry in zip(STAGE_NAMES, entries):
+        if entry is not None and entry not in CHECKPOINT_POLICIES:
+            raise ValueError(f"grad checkpointing of stage {stage} is {entry!r}: use None (off), 'block' or 'expansion'")
+    return entries
 
 
 def _per_stage(name: str, value: Any) -> tuple[int, ...]:
@@ -192,17 +226,54 @@ class MedNeXt(nn.Module):
             nn.ModuleList(Head(c.width(i), c.num_classes, c.spatial_dims) for i in range(1, LEVELS + 1))
             if c.deep_supervision else None
         )
-        self.grad_checkpointing = False
+        self.checkpoint_policy: tuple[str | None, ...] = (None,) * NUM_STAGES
         self.deep_supervision = c.deep_supervision
         self.memory_format = "auto"
+        self.kernels = "pytorch"
 
     # -- switches ---------------------------------------------------------------------------
-    def set_grad_checkpointing(self, enabled: bool = True) -> MedNeXt:
-        """Recompute each block's activations in the backward pass (non-reentrant checkpointing).
+    def stage_modules(self, stage: int) -> list[nn.Module]:
+        """The blocks of stage ``stage`` (0..8): its MedNeXt blocks, with the down block feeding it
+        (stages 1..4) or the up block opening it (stages 5..8), as the expansion ratios are assigned."""
+        if not 0 <= stage < NUM_STAGES:
+            raise ValueError(f"stage={stage!r} must be in 0..{NUM_STAGES - 1} ({', '.join(STAGE_NAMES)})")
+        if stage < LEVELS:
+            return ([self.downs[stage - 1]] if stage else []) + list(self.encoders[stage])
+        if stage == LEVELS:
+            return [self.downs[LEVELS - 1], *self.bottleneck]
+        level = NUM_STAGES - 1 - stage
+        return [self.ups[level], *self.decoders[level]]
 
-        Trades compute for memory; gradients are identical to the plain run.
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether any stage recomputes activations in the backward pass (see :attr:`checkpoint_policy`)."""
+        return any(p is not None for p in self.checkpoint_policy)
+
+    def set_grad_checkpointing(self, policy: Any = True) -> MedNeXt:
+        """Recompute activations in the backward pass (non-reentrant checkpointing), per stage.
+
+        ``policy``: ``True`` or ``"block"`` (each block keeps only its input), ``"expansion"`` (each
+        block keeps its input and its depthwise conv's output, and recomputes the wide rest), ``False``
+        or ``None`` (off), or one entry per stage (see :func:`checkpoint_policy`). Trades compute for
+        memory; gradients are identical to the plain run. Measured: docs/performance.md.
         """
-        self.grad_checkpointing = bool(enabled)
+        self.checkpoint_policy = checkpoint_policy(policy)
+        for stage, entry in enumerate(self.checkpoint_policy):
+            for block in self.stage_modules(stage):
+                block.checkpoint_expansion = entry == "expansion"
+        return self
+
+    def set_kernels(self, kernels: str = "pytorch") -> MedNeXt:
+        """Run the depthwise convolutions on ``"pytorch"``'s kernels (the default), on the Triton kernels
+        (``"triton"``, :mod:`mednext_lite.fast.triton_depthwise`; needs triton) or ``"auto"`` (Triton only
+        on a GPU where ``benchmarks/gpu_check.sh`` measured them faster: :data:`mednext_lite.fast.conv.AUTO_TRITON`).
+
+        The same maths up to float rounding. The Triton kernels run on CUDA tensors (or anywhere under
+        ``TRITON_INTERPRET=1``); elsewhere, and with :func:`mednext_lite.fast.enabled` off, PyTorch's run.
+        The down blocks' stride-2 depthwise convs keep PyTorch's kernel.
+        """
+        _set_kernels(self, kernels)
+        self.kernels = kernels
         return self
 
     def set_deep_supervision(self, enabled: bool = True) -> MedNeXt:
@@ -324,14 +395,14 @@ class MedNeXt(nn.Module):
                 f"or at least {2 * DIVISOR} voxels along one axis"
             )
 
-    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+    def _run(self, module: nn.Module, x: torch.Tensor, stage: int) -> torch.Tensor:
+        if self.checkpoint_policy[stage] == "block" and torch.is_grad_enabled():
             return checkpoint(module, x, use_reentrant=False)
-        return module(x)
+        return module(x)  # with "expansion" the block checkpoints its own wide part
 
-    def _stage(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    def _stage(self, blocks: nn.Sequential, x: torch.Tensor, stage: int) -> torch.Tensor:
         for block in blocks:
-            x = self._run(block, x)
+            x = self._run(block, x, stage)
         return x
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -343,15 +414,16 @@ class MedNeXt(nn.Module):
         # The input changes layout, not the stem's wider output: the stem then writes that layout itself.
         x = self.stem(as_memory_format(x, layout)).contiguous(memory_format=layout)
         skips = []
-        for encoder, down in zip(self.encoders, self.downs):
-            x = self._stage(encoder, x)
+        for level, (encoder, down) in enumerate(zip(self.encoders, self.downs)):
+            x = self._stage(encoder, x, level)
             skips.append(x)
-            x = self._run(down, x)
-        x = self._stage(self.bottleneck, x)
+            x = self._run(down, x, level + 1)
+        x = self._stage(self.bottleneck, x, LEVELS)
         features = [x]
         for level in reversed(range(LEVELS)):
-            x = self._run(self.ups[level], x) + skips[level]
-            x = self._stage(self.decoders[level], x)
+            stage = NUM_STAGES - 1 - level
+            x = self._run(self.ups[level], x, stage) + skips[level]
+            x = self._stage(self.decoders[level], x, stage)
             features.append(x)
         return features[::-1]
 

@@ -38,11 +38,11 @@ RESUME_MUST_MATCH = (
 
 #: Settings a resume may change: how long it trains (``epochs``, to extend the run; never below the
 #: epochs done), where and how fast it runs (device, workers, cache, memory layout and allocator,
-#: gradient checkpointing: the same maths up to float rounding), and what it reports.
+#: gradient checkpointing, depthwise kernels: the same maths up to float rounding), and what it reports.
 #: ``upkern_from`` only initialises a new run: on resume it is ignored and the stored value kept.
 RESUME_MAY_DIFFER = (
     "run_dir", "epochs", "device", "num_workers", "cache", "memory_format", "keep_freed_memory",
-    "grad_checkpointing", "val_every", "sw_batch_size", "hd95", "progress", "resume", "overwrite", "upkern_from",
+    "grad_checkpointing", "kernels", "val_every", "sw_batch_size", "hd95", "progress", "resume", "overwrite", "upkern_from",
 )
 
 

@@ -61,6 +61,13 @@ def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
     return max(0.0, 1.0 - epoch / epochs) ** exponent
 
 
+def _triton_runs_on(device: torch.device) -> bool:
+    # imports triton: only for runs that ask for its kernels
+    from .fast import triton_depthwise
+
+    return triton_depthwise.available(device)
+
+
 def build_model(cfg: TrainConfig, in_channels: int, num_classes: int) -> MedNeXt:
     """The MedNeXt of a run, with the preset's gradient-checkpointing default unless overridden."""
     model = MedNeXt(cfg.model_config(in_channels, num_classes))
@@ -195,6 +202,10 @@ class Trainer:
             report = upkern(self.model, cfg.upkern_from)
             self._log(f"UpKern from {cfg.upkern_from}: {report}")
         self.model.to(self.device).set_memory_format(cfg.memory_format)
+        self.model.set_kernels(cfg.kernels)
+        if cfg.kernels == "triton" and not _triton_runs_on(self.device):
+            raise ValueError(f"kernels='triton' (--kernels triton) runs on CUDA devices, not on {self.device}: train "
+                             "on a GPU (--device cuda) or with --kernels pytorch")
         if self.device.type == "cpu" and cfg.keep_freed_memory and not self.model.grad_checkpointing:
             keep_freed_memory()  # not with checkpointing: the kept heap ate most of its memory saving
         if self.device.type == "cuda":  # fixed patch size: let cuDNN time its algorithms once (process-wide)

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .fast.conv import KERNELS
 from .fast.layout import MEMORY_FORMATS
-from .model import DIVISOR, MedNeXtConfig
+from .model import CHECKPOINT_POLICIES, DIVISOR, MedNeXtConfig, checkpoint_policy
 from .variants import get_preset, preset_config
 
 __all__ = ["FLAGS", "TrainConfig"]
@@ -29,7 +30,7 @@ FLAGS = {
     "batch_size": "--batch", "patch_size": "--patch", "spacing": "--spacing", "augment": "--no-augment",
     "lr": "--lr", "eps": "--eps", "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "amp": "--amp",
     "memory_format": "--memory-format", "keep_freed_memory": "--no-keep-freed-memory",
-    "grad_checkpointing": "--grad-checkpointing", "seed": "--seed", "fold": "--fold", "n_folds": "--n-folds",
+    "grad_checkpointing": "--grad-checkpointing", "kernels": "--kernels", "seed": "--seed", "fold": "--fold", "n_folds": "--n-folds",
     "val_every": "--val-every", "val_overlap": "--overlap", "val_blend": "--blend", "sw_batch_size": "--sw-batch-size",
     "hd95": "--hd95", "max_val_cases": "--max-val-cases", "num_workers": "--num-workers", "cache": "--cache",
     "device": "--device", "resume": "--resume", "overwrite": "--overwrite", "upkern_from": "--upkern-from",
@@ -63,7 +64,10 @@ class TrainConfig:
             tensor memory (:func:`mednext_lite.fast.allocator.keep_freed_memory`), which makes 3D
             steps faster; left off with checkpointing, whose memory saving the kept heap would eat
             (figures in docs/performance.md). Process-wide: once on, it stays on in this process.
-        grad_checkpointing: ``None`` follows the preset (on for M and L).
+        grad_checkpointing: ``None`` follows the preset (on for M and L); ``True``/``"block"``,
+            ``"expansion"``, ``False`` or one entry per stage, as :meth:`MedNeXt.set_grad_checkpointing`.
+        kernels: the depthwise kernels, ``"pytorch"`` (the default), ``"triton"`` or ``"auto"``
+            (see :meth:`MedNeXt.set_kernels`); the same maths up to float rounding.
         val_every: validate every this many epochs (and always after the last).
         max_val_cases: validate on the first N validation cases only (``None`` = all).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:1"``.
@@ -98,7 +102,8 @@ class TrainConfig:
     amp: str = "auto"
     memory_format: str = "auto"
     keep_freed_memory: bool = True
-    grad_checkpointing: bool | None = None
+    grad_checkpointing: bool | str | tuple[str | None, ...] | None = None
+    kernels: str = "pytorch"
     seed: int = 0
     fold: int = 0
     n_folds: int = 5
@@ -144,6 +149,14 @@ class TrainConfig:
                              f"use batch_size={self.num_samples * max(1, self.batch_size // self.num_samples)}")
         if self.memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format={self.memory_format!r} (--memory-format): use one of {MEMORY_FORMATS}")
+        gc = self.grad_checkpointing
+        if isinstance(gc, (list, tuple)):  # a per-stage policy (a list once read back from JSON)
+            object.__setattr__(self, "grad_checkpointing", checkpoint_policy(gc))
+        elif not (gc is None or isinstance(gc, bool) or gc in CHECKPOINT_POLICIES):
+            raise ValueError(f"grad_checkpointing={gc!r} (--grad-checkpointing): use None (the preset's), True, "
+                             f"False, one of {CHECKPOINT_POLICIES} or one entry per stage")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels={self.kernels!r} (--kernels): use one of {KERNELS}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ValueError(f"amp={self.amp!r}: use 'auto', 'bf16', 'fp16' or 'off'")
         if self.val_blend not in ("gaussian", "constant"):

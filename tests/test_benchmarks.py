@@ -98,3 +98,27 @@ def test_gpu_code_path_script_dry_runs_on_cpu(tmp_path):
     checks = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("PASS", "FAIL"))]
     assert checks == ["synthesize", "train_torchrun_1proc_off", "resume", "resumed_to_epoch_2", "predict", "evaluate"]
     assert "0 failed" in proc.stdout
+
+
+def test_gpu_kernels_auto_entry_needs_a_win_in_every_row_and_per_op():
+    """The AUTO_TRITON entry gpu_kernels.py proposes: a kernel size whose Triton step beat PyTorch's
+    in every (preset, dtype) row, and only the ops triton_check.py timed faster over all directions."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_kernels import auto_entry
+    finally:
+        sys.path.pop(0)
+
+    def rows(k, ours_ms, triton_ms):
+        return [{"variant": v, "k": k, "dtype": d, "label": label, "ms": ms}
+                for v in ("S", "B") for d in ("bf16", "fp32")
+                for label, ms in (("ours PyTorch kernels", ours_ms), ("ours Triton kernels", triton_ms))]
+
+    steps = rows(3, 100.0, 120.0) + rows(5, 200.0, 150.0)
+    assert auto_entry(steps, None) == {("conv_s1", 5), ("convT_s2", 5)}
+    steps[-1]["ms"] = 250.0  # one row lost at k5: no entry
+    assert auto_entry(steps, None) == set()
+    steps[-1]["ms"] = 150.0
+    ops = {"rows": [{"k": 5, "op": op, "layout": "contiguous", "dtype": "bf16", "ours_ms": ours, "torch_ms": 1.0}
+                    for op, ours in (("conv_s1", 0.5), ("convT_s2", 2.0))]}
+    assert auto_entry(steps, ops) == {("conv_s1", 5)}

@@ -444,3 +444,135 @@ def test_switch_off_runs_plain_pytorch_with_the_same_outputs_and_gradients(spati
     # "auto" is the default layout with the switch off: the reference's channels-first kernels
     assert preferred_memory_format("cpu", spatial_dims) == torch.contiguous_format
     assert all(f.is_contiguous() for f in model.set_memory_format("auto").forward_features(x))
+
+
+# -- the kernel choice (set_kernels): PyTorch's by default, Triton's when asked --------------------
+
+def test_set_kernels_validates_and_reaches_every_depthwise_module():
+    model = MedNeXt(tiny(3))
+    assert model.kernels == "pytorch"
+    with pytest.raises(ValueError, match=r"kernels='cuda' is not one of \('pytorch', 'triton', 'auto'\)"):
+        model.set_kernels("cuda")
+    assert model.set_kernels("auto") is model and model.kernels == "auto"
+    depthwise = [m for m in model.modules() if isinstance(m, (DepthwiseConv3d, DepthwiseTransposedConv3d))]
+    assert len(depthwise) == 9 + 4 and all(m.kernels == "auto" for m in depthwise)
+    assert all(not hasattr(d.conv1, "kernels") for d in model.downs)  # PyTorch's strided conv, untouched
+
+
+def test_triton_choice_without_triton_names_the_install():
+    code = (
+        "import sys; sys.modules['triton'] = None; sys.modules['triton.language'] = None\n"
+        "from mednext_lite import MedNeXt\n"
+        "m = MedNeXt(base_width=4, block_counts=1)\n"
+        "m.set_kernels('auto')\n"
+        "try:\n"
+        "    m.set_kernels('triton')\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "needs triton: pip install triton" in out.stdout and "kernels='pytorch'" in out.stdout
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch, one_thread):
+    """Triton's interpreter for one test: the kernels are jitted per interpreter setting on first use."""
+    pytest.importorskip("triton", reason="the Triton kernels need triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _grads_close(ours: dict, ref: dict, rel: float = 1e-4) -> None:
+    """Each gradient within ``rel`` of the largest gradient of its module: a conv bias followed by a
+    per-channel norm has a gradient of exactly zero in exact arithmetic, so its float value is
+    rounding noise on the scale of the weight's gradient, not of its own."""
+    for name, r in ref.items():
+        module = name.rpartition(".")[0]
+        scale = max(max(g.abs().max().item() for n, g in ref.items() if n.rpartition(".")[0] == module), 1e-3)
+        err = (ours[name] - r).abs().max().item()
+        assert err <= rel * scale, f"{name}: max error {err:.3g} against a scale of {scale:.3g}"
+
+
+def _forbid_triton(monkeypatch):
+    from mednext_lite.fast import triton_depthwise as tdw
+
+    def refuse(*a, **k):
+        raise AssertionError("a Triton kernel ran")
+    monkeypatch.setattr(tdw, "depthwise_conv", refuse)
+    monkeypatch.setattr(tdw, "depthwise_conv_transpose", refuse)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_triton_block_matches_the_pytorch_path(triton_interpreter, spatial_dims):
+    torch.manual_seed(0)
+    for block in (MedNeXtBlock(6, kernel_size=5, spatial_dims=spatial_dims, grn=True),
+                  MedNeXtUpBlock(6, kernel_size=3, spatial_dims=spatial_dims)):
+        x = torch.randn(2, 6, *([7] * spatial_dims))
+        results = []
+        for kernels in ("pytorch", "triton"):
+            for m in block.modules():
+                if hasattr(m, "kernels"):
+                    m.kernels = kernels
+            xs = x.clone().requires_grad_()
+            block.zero_grad(set_to_none=True)
+            y = block(xs)
+            (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+            results.append((y.detach(), xs.grad, {n: p.grad for n, p in block.named_parameters()}))
+        (y0, gx0, g0), (y1, gx1, g1) = results
+        torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gx1, gx0, rtol=1e-5, atol=1e-5)
+        _grads_close(g1, g0)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_triton_network_forward_and_backward_match_the_pytorch_path(triton_interpreter, spatial_dims, monkeypatch):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims, deep_supervision=True))
+    x = torch.randn(2, 2, *([16] * spatial_dims))
+    out_ref, grads_ref = outputs_and_grads(model, x)
+    launches = []
+    from mednext_lite.fast import triton_depthwise as tdw
+    real = tdw.depthwise_conv
+    monkeypatch.setattr(tdw, "depthwise_conv", lambda *a, **k: launches.append(1) or real(*a, **k))
+    out, grads = outputs_and_grads(model.set_kernels("triton"), x)
+    assert len(launches) == 9  # every stride-1 block conv took the Triton kernel
+    for a, b in zip(out, out_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    _grads_close(grads, grads_ref)
+
+
+def test_triton_under_autocast_runs_in_the_autocast_dtype(triton_interpreter):
+    """Inside autocast the dispatch casts to the autocast dtype, as F.conv3d does there."""
+    torch.manual_seed(0)
+    conv = MedNeXtBlock(4, kernel_size=3, spatial_dims=3).conv1
+    x = torch.randn(1, 4, 6, 7, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = conv(x)
+        conv.kernels = "triton"
+        ours = conv(x)
+    assert ref.dtype == ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_auto_and_the_switch_keep_pytorch_kernels_on_the_cpu(triton_interpreter, monkeypatch):
+    """"auto" picks Triton only on a GPU listed in AUTO_TRITON (none yet); fast.enabled(False) turns
+    an explicit "triton" off too. Either way the output is the PyTorch path's, to the bit."""
+    from mednext_lite.fast.conv import AUTO_TRITON
+
+    assert AUTO_TRITON == {}
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(3)).eval()
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+        _forbid_triton(monkeypatch)
+        assert torch.equal(model.set_kernels("auto")(x), ref)
+        model.set_kernels("triton")
+        previous = fast.enabled(False)
+        try:
+            plain = model(x)
+        finally:
+            fast.enabled(previous)
+        with pytest.raises(AssertionError, match="a Triton kernel ran"):
+            model(x)  # switch on again: "triton" runs Triton's kernels
+    torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-5)

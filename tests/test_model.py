@@ -286,3 +286,71 @@ def test_meta_models_pass_the_check():
         assert model(torch.empty(2, 2, 16, 16)).shape == (2, 3, 16, 16)
     with pytest.raises(ValueError, match=r"input is on cpu but the model's parameters are on meta: move the input"):
         model(torch.randn(2, 2, 16, 16))
+
+
+MIXED_POLICY = ("expansion", None, "block", "expansion", "block", None, "expansion", "block", "expansion")
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("policy", ["expansion", MIXED_POLICY])
+def test_checkpointing_policies_give_identical_gradients(one_thread, spatial_dims, policy):
+    torch.manual_seed(0)
+    model = MedNeXt(tiny(spatial_dims=spatial_dims, deep_supervision=True, grn=True))
+    x = torch.randn(2, 2, *([16] * spatial_dims))
+
+    def grads(p):
+        model.zero_grad(set_to_none=True)
+        model.set_grad_checkpointing(p)
+        sum(o.square().mean() for o in model(x)).backward()
+        return [q.grad.clone() for q in model.parameters()]
+
+    plain, ckpt = grads(None), grads(policy)
+    assert model.grad_checkpointing and all(g is not None for g in plain)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_expansion_policy_recomputes_only_the_wide_part():
+    """Under "expansion" the backward pass runs each 1x1 expansion again and never a depthwise conv;
+    under "block" both run again; with no grad (inference) nothing is checkpointed."""
+    torch.manual_seed(0)
+    model = MedNeXt(tiny())
+    x = torch.randn(2, 2, 16, 16, 16)
+    block = model.encoders[1][0]
+    calls = {"conv1": 0, "conv2": 0}
+    block.conv1.register_forward_hook(lambda *a: calls.__setitem__("conv1", calls["conv1"] + 1))
+    block.conv2.register_forward_hook(lambda *a: calls.__setitem__("conv2", calls["conv2"] + 1))
+    for policy, expected in ((None, (1, 1)), ("expansion", (1, 2)), ("block", (2, 2))):
+        calls.update(conv1=0, conv2=0)
+        model.set_grad_checkpointing(policy)
+        model(x).sum().backward()
+        assert (calls["conv1"], calls["conv2"]) == expected, policy
+    calls.update(conv1=0, conv2=0)
+    with torch.no_grad():
+        model.set_grad_checkpointing("expansion")(x)
+    assert (calls["conv1"], calls["conv2"]) == (1, 1)
+
+
+def test_checkpointing_policy_per_stage_reaches_the_right_blocks():
+    model = MedNeXt(tiny(block_counts=2)).set_grad_checkpointing(MIXED_POLICY)
+    assert model.checkpoint_policy == MIXED_POLICY
+    # stage 1 holds the down block after enc0; stage 8 the up block feeding dec0
+    assert model.stage_modules(1)[0] is model.downs[0] and model.stage_modules(8)[0] is model.ups[0]
+    assert [m.checkpoint_expansion for m in model.stage_modules(0)] == [True, True]
+    assert not any(m.checkpoint_expansion for s in (1, 2, 4, 5, 7) for m in model.stage_modules(s))
+    assert all(m.checkpoint_expansion for s in (3, 6, 8) for m in model.stage_modules(s))
+    assert sum(len(model.stage_modules(s)) for s in range(9)) == 9 * 2 + 8
+    assert model.set_grad_checkpointing(True).checkpoint_policy == ("block",) * 9
+    assert not model.set_grad_checkpointing(False).grad_checkpointing
+    assert not any(getattr(m, "checkpoint_expansion", False) for m in model.modules())
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    ("blocks", ValueError, r"'blocks'.*None \(off\), 'block' or 'expansion'"),
+    (("block",) * 8, ValueError, r"8 entries, expected 9"),
+    ((None,) * 8 + ("on",), ValueError, r"stage dec0 is 'on'"),
+    (3, TypeError, r"grad checkpointing 3: use True, False"),
+])
+def test_bad_checkpointing_policies_are_named(bad, error, match):
+    with pytest.raises(error, match=match):
+        MedNeXt(tiny()).set_grad_checkpointing(bad)

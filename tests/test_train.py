@@ -592,3 +592,45 @@ def test_a_nan_gradient_norm_stops_the_run_before_anything_is_saved(task, tmp_pa
     assert "Nothing was saved from that state: no checkpoint had been written yet" in err
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "split.json"]
     assert len(calls) == 2  # it stopped at the first bad step
+
+
+def test_kernels_and_checkpointing_policy_flags_reach_the_config_and_round_trip(task):
+    from mednext_lite.cli import _train_config, build_parser
+
+    parser = build_parser()
+
+    def cfg(*flags):
+        return _train_config(parser.parse_args(["train", "--task", str(task), *flags]))
+
+    assert (cfg().kernels, cfg().grad_checkpointing) == ("pytorch", None)
+    assert cfg("--kernels", "auto", "--variant", "V2-B").kernels == "auto"
+    assert cfg("--grad-checkpointing", "on").grad_checkpointing is True
+    assert cfg("--grad-checkpointing", "off").grad_checkpointing is False
+    assert cfg("--grad-checkpointing", "expansion").grad_checkpointing == "expansion"
+    per_stage = cfg("--grad-checkpointing", "off,block,expansion,off,block,off,off,expansion,block").grad_checkpointing
+    assert per_stage == (None, "block", "expansion", None, "block", None, None, "expansion", "block")
+    with pytest.raises(SystemExit):
+        cfg("--grad-checkpointing", "block,off")
+    stored = TrainConfig(grad_checkpointing=per_stage, kernels="auto").to_dict()
+    assert stored["grad_checkpointing"][1] == "block" and TrainConfig.from_dict(stored).grad_checkpointing == per_stage
+    with pytest.raises(ValueError, match=r"kernels='cuda' \(--kernels\): use one of \('pytorch', 'triton', 'auto'\)"):
+        TrainConfig(kernels="cuda")
+    with pytest.raises(ValueError, match=r"grad_checkpointing='wide' \(--grad-checkpointing\)"):
+        TrainConfig(grad_checkpointing="wide")
+    assert "kernels" in RESUME_MAY_DIFFER and "grad_checkpointing" in RESUME_MAY_DIFFER
+
+
+def test_build_model_applies_the_checkpointing_policy():
+    from mednext_lite.train import build_model
+
+    model = build_model(TrainConfig(variant="M", grad_checkpointing="expansion"), 1, 2)
+    assert model.checkpoint_policy == ("expansion",) * 9
+    assert build_model(TrainConfig(variant="M"), 1, 2).checkpoint_policy == ("block",) * 9  # the preset's
+
+
+def test_triton_kernels_on_a_cpu_run_are_refused_with_the_fix(task, tmp_path, monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"--kernels triton\) runs on CUDA devices, not on cpu.*--kernels pytorch"):
+        train(TrainConfig.cpu_quickstart(task, run_dir=str(tmp_path / "run"), kernels="triton", device="cpu",
+                                         epochs=1, iters_per_epoch=1, progress=False))

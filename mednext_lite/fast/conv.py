@@ -3,16 +3,92 @@
 Each module is the PyTorch conv it subclasses (weights, parameter names, hooks, ``isinstance``), and
 its ``forward`` is one choice: the fast kernel where :func:`mednext_lite.fast.applies` says so,
 PyTorch's otherwise. The kernels compute the same sums from faster ops; ``docs/kernels.md`` derives
-them and gives their measured speed.
+them and gives their measured speed. The depthwise modules also run the Triton kernels of
+:mod:`mednext_lite.fast.triton_depthwise` when asked to (:func:`set_kernels`, opt-in); that choice is
+made here and nowhere else.
 """
 
 from __future__ import annotations
+
+import functools
+import importlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import applies
+from . import applies, enabled
+
+#: The depthwise kernel choices: PyTorch's (with the CPU fast paths), the Triton kernels, or
+#: ``"auto"``, the Triton kernels only where :data:`AUTO_TRITON` lists the GPU and the op.
+KERNELS = ("pytorch", "triton", "auto")
+
+#: GPU name (``torch.cuda.get_device_name()``) -> the ``(op, kernel size)`` pairs for which
+#: ``benchmarks/gpu_kernels.py`` (run by ``benchmarks/gpu_check.sh``) measured a bf16 and fp32
+#: MedNeXt training step faster with the Triton kernel than with PyTorch's; ops as in
+#: ``benchmarks/triton_check.py``: ``"conv_s1"`` (the blocks') and ``"convT_s2"`` (the up blocks').
+#: Empty: no GPU run has measured them yet, so ``"auto"`` runs PyTorch's kernels everywhere. The
+#: script prints the entry to paste here from its measured table.
+AUTO_TRITON: dict[str, frozenset[tuple[str, int]]] = {}
+
+
+def _triton():
+    """The Triton kernels' module, imported on first need (importing triton costs about a second)."""
+    return importlib.import_module("mednext_lite.fast.triton_depthwise")
+
+
+@functools.cache
+def _gpu_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def check_kernels(kernels: str) -> str:
+    """Return ``kernels`` if it is one of :data:`KERNELS` and can be used here, else raise naming the fix."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r} is not one of {KERNELS}: pick one of those ('pytorch' unless "
+                         "the Triton kernels are wanted)")
+    if kernels == "triton" and _triton().triton is None:
+        raise RuntimeError("kernels='triton' needs triton: pip install triton (Linux), or use kernels='pytorch'")
+    return kernels
+
+
+def _takes_triton(module: nn.Module, x: torch.Tensor, op: str) -> bool:
+    """Whether ``module`` runs ``x`` on the Triton kernels: chosen for it (``"triton"``, or ``"auto"``
+    on a GPU listed in :data:`AUTO_TRITON` for this op and kernel size), the fast switch on, and the
+    kernels able to run on ``x``'s device (CUDA, or any device under ``TRITON_INTERPRET=1``).
+    Elsewhere (a CPU tensor, no triton) PyTorch's kernels run, as with ``"pytorch"``."""
+    kernels = module.kernels
+    if kernels == "pytorch" or not enabled():
+        return False
+    if kernels == "auto":
+        if x.device.type != "cuda":
+            return False
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        if (op, module.kernel_size[0]) not in AUTO_TRITON.get(_gpu_name(index), ()):
+            return False
+    return _triton().available(x.device)
+
+
+def _autocast_operands(x: torch.Tensor, *params: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """``x`` and the parameters in the autocast dtype inside an autocast region, as ``F.conv3d`` would
+    run them (the Triton ops keep their inputs' dtype and cast nothing themselves)."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return [x, *params]
+    dtype = torch.get_autocast_dtype(device)
+    return [t if t is None or t.dtype == torch.float64 else t.to(dtype) for t in (x, *params)]
+
+
+def set_kernels(model: nn.Module, kernels: str) -> nn.Module:
+    """Make every depthwise module of ``model`` run ``kernels`` (one of :data:`KERNELS`); returns ``model``.
+
+    The down blocks' stride-2 depthwise convs are PyTorch's own modules and keep PyTorch's kernel.
+    """
+    check_kernels(kernels)
+    for module in model.modules():
+        if isinstance(module, (_Depthwise, _DepthwiseTransposed)):
+            module.kernels = kernels
+    return model
 
 
 def _for_dims(spatial_dims: int, classes: tuple[type[nn.Module], type[nn.Module]]) -> type[nn.Module]:
@@ -133,7 +209,12 @@ class _DepthwiseGrad(torch.autograd.Function):
 
 
 class _Depthwise:
+    kernels = "pytorch"  # see set_kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _takes_triton(self, x, "conv_s1"):
+            x, weight, bias = _autocast_operands(x, self.weight, self.bias)
+            return _triton().depthwise_conv(x, weight, bias, stride=1, padding=self.padding[0])
         if applies(x):
             return _DepthwiseGrad.apply(x, self.weight, self.bias, self.padding[0])
         return super().forward(x)
@@ -200,7 +281,12 @@ class _TransposedDepthwiseGrad(torch.autograd.Function):
 
 
 class _DepthwiseTransposed:
+    kernels = "pytorch"  # see set_kernels
+
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is None and _takes_triton(self, x, "convT_s2"):
+            x, weight, bias = _autocast_operands(x, self.weight, self.bias)
+            return _triton().depthwise_conv_transpose(x, weight, bias, stride=2, padding=self.padding[0])
         if output_size is None and applies(x):
             return _TransposedDepthwiseGrad.apply(x, self.weight, self.bias, self.padding[0])
         return super().forward(x, output_size)
