@@ -26,7 +26,7 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 BEGIN=$(date +%s)
 echo "# gpu_check: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
-"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available to $PYTHON: run this on the GPU machine')" || exit 2
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available to $PYTHON: run this on a CUDA machine')" || exit 2
 # an offline GPU image may lack the package: use this checkout in place (monai and nibabel must be importable)
 "$PYTHON" -c "import sys; sys.path.pop(0); import mednext_lite" 2>/dev/null || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PYTHON" -c "import mednext_lite, monai, nibabel; print('# torch', __import__('torch').__version__, \

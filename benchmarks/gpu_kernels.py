@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: this script is for the GPU machine (benchmarks/gpu_check.sh)")
+        print("no CUDA device: this script is for a CUDA machine (benchmarks/gpu_check.sh runs it)")
         return 2
     if device.type == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels' first use, which compiles them

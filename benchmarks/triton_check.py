@@ -10,7 +10,7 @@ bf16/fp16 (fp32 accumulation, one rounding) within one unit in the last place of
 computed from the same rounded inputs, plus 1e-4 of its largest magnitude for the sum's own error.
 Prints PASS/FAIL lines and a Markdown table (``--json`` writes the rows); exit status 1 on any FAIL.
 A time guard (``--budget-s``) skips the rows it can no longer afford; compile time is reported.
-Usage on the GPU machine:  python benchmarks/triton_check.py [--json out.json]
+Usage on a CUDA machine:  python benchmarks/triton_check.py [--json out.json]
 On a CPU, ``TRITON_INTERPRET=1 python benchmarks/triton_check.py --size 9 --channels 4 --batch 1``
 runs the same code through Triton's interpreter (the times then mean nothing).
 """

@@ -361,7 +361,7 @@ class MedNeXt(nn.Module):
         wrong device, rank, channel count or spatial size. Only shapes, dtypes and devices are read,
         never values, so the check costs no host-device synchronisation; for the same reason NaN
         or inf voxels are not looked for here: the data loaders (training) and
-        :mod:`mednext_lite.inference` (prediction) refuse non-finite images before they reach the
+        :mod:`mednext_lite.predict_guard` (prediction) refuse non-finite images before they reach the
         network.
         """
         self._check_dtype_and_device(x)
@@ -409,7 +409,7 @@ class MedNeXt(nn.Module):
         """Decoder features per level: ``[dec0, dec1, dec2, dec3, bottleneck]`` (full to 1/16)."""
         self.check_input(x)
         # Every later layer keeps the layout it is given, so choosing it once here puts the whole
-        # network on the fast path (channels-last on CPU; the measured speed-up is in README "Performance").
+        # network on the fast path (channels-last on CPU; measured in docs/performance.md).
         layout = resolve_memory_format(self.memory_format, x.device, self.config.spatial_dims)
         # The input changes layout, not the stem's wider output: the stem then writes that layout itself.
         x = self.stem(as_memory_format(x, layout)).contiguous(memory_format=layout)

@@ -219,7 +219,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loss_fn = make_loss()
         self.amp_dtype = _amp_dtype(cfg.amp, self.device)
-        # fp16's GradScaler path keeps the per-tensor kernel that the GPU check ran
+        # fp16's GradScaler path keeps the per-tensor kernel that benchmarks/gpu_check.sh measured
         self.optimizer = _adamw(list(self.model.parameters()), cfg, fused=self.amp_dtype != torch.float16)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda e: poly_lr(e, cfg.epochs, cfg.poly_exponent))

@@ -286,7 +286,7 @@ def test_imports_without_triton():
 
 
 def test_gpu_check_script_runs_at_toy_size(capsys):
-    """benchmarks/triton_check.py (run on the GPU machine) keeps working: one case at a toy size."""
+    """benchmarks/triton_check.py (run on a CUDA machine) keeps working: one case at a toy size."""
     import importlib.util
     from pathlib import Path
 
@@ -316,7 +316,7 @@ COMPILE_CASES = [
 @pytest.mark.parametrize("name,pointers,constants", COMPILE_CASES, ids=[c[0] for c in COMPILE_CASES])
 def test_kernels_compile_for_the_gpu(monkeypatch, name, pointers, constants):
     """The interpreter runs Python, not Triton's compiler: compile each kernel to PTX for sm_90
-    (no GPU needed) so that code only the compiler rejects fails here and not on the GPU machine."""
+    (no GPU needed) so that code only the compiler rejects fails here and not first on a CUDA machine."""
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget

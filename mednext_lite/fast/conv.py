@@ -176,7 +176,8 @@ def depthwise_weight_grad_2d(grad: torch.Tensor, x: torch.Tensor, k: int, stride
 class _DepthwiseGrad(torch.autograd.Function):
     """Stride-1 depthwise convolution whose backward pass is made of forward-direction convolutions.
 
-    Why: on CPU, oneDNN's backward of a channels-last depthwise conv costs ~10x its forward. The
+    Why: on CPU, oneDNN's backward of a channels-last depthwise conv is far slower than its forward
+    (figures: docs/kernels.md). The
     same gradients come from convs that run at forward speed: grad-input is the conv of grad-output
     with the flipped kernel, and grad-weight the correlation of the padded input with grad-output,
     a depthwise conv whose *kernel* is grad-output (batch folded into each group's input channels).
