@@ -1,10 +1,9 @@
 """The MedNeXt building blocks of the paper's figure, written once for 2D and 3D.
 
-A MedNeXt block is a depthwise k^d convolution, a per-channel norm, a 1x1 expansion to R*C
-channels, GELU, an optional global response norm and a 1x1 compression, plus the input. The down
-and up blocks are the same block with a strided (or transposed) depthwise convolution and a 1x1
-residual path of their own. The convolutions and the norm are PyTorch's modules with CPU fast
-paths of their own (:mod:`mednext_lite.fast`), which change how the sums are formed, never which.
+A block is a depthwise k^d conv, a per-channel norm, a 1x1 expansion to R*C channels, GELU, an
+optional GRN and a 1x1 compression, plus the input; the down and up blocks stride (or transpose) the
+depthwise conv and have a 1x1 residual conv. The layers are PyTorch's, with CPU fast paths of their
+own (:mod:`mednext_lite.fast`) that change how the sums are formed, never which.
 """
 
 from __future__ import annotations
@@ -31,10 +30,7 @@ def conv_op(spatial_dims: int, transposed: bool = False) -> type[nn.Module]:
 
 
 class ChannelsFirstLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of a channels-first tensor, per pixel/voxel.
-
-    Works for any number of spatial dims (the reference's version broadcasts its affine for 3D only).
-    """
+    """LayerNorm over the channel axis of a channels-first tensor, per voxel, in 2D or 3D."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -51,10 +47,8 @@ class ChannelsFirstLayerNorm(nn.Module):
 
 
 class GRN(nn.Module):
-    """Global response normalisation (ConvNeXt-V2): channels compete through their spatial L2 norm.
-
-    ``gamma`` and ``beta`` start at zero, so a freshly built GRN is the identity.
-    """
+    """Global response norm (ConvNeXt-V2): channels compete through their spatial L2 norm; it starts
+    as the identity (``gamma`` and ``beta`` are zero)."""
 
     def __init__(self, num_channels: int, spatial_dims: int) -> None:
         super().__init__()
@@ -69,10 +63,7 @@ class GRN(nn.Module):
 
 
 def pad_start(x: torch.Tensor) -> torch.Tensor:
-    """``x`` with one zero voxel before the first of every spatial axis: 2n - 1 voxels become 2n.
-
-    The reference's padding for the up block's transposed convolutions (low-index side only).
-    """
+    """One zero voxel before the first of every spatial axis (2n - 1 -> 2n), as the reference pads."""
     return F.pad(x, (1, 0) * (x.ndim - 2))
 
 
@@ -96,9 +87,8 @@ class MedNeXtBlock(nn.Module):
         spatial_dims: 2 or 3.
         norm: ``"group"`` (GroupNorm, one group per channel) or ``"layer"`` (channels-first LayerNorm).
         grn: insert a global response norm after the activation.
-        residual: add the input to the output, the identity residual (needs equal in and out widths).
-            The attribute of that name means the identity add only: the down and up blocks set it
-            ``False`` and have a residual path of their own, ``res_conv``.
+        residual: add the input to the output (the identity add only: the down and up blocks set it
+            ``False`` and add their own ``res_conv`` instead).
     """
 
     def __init__(
@@ -178,8 +168,7 @@ class MedNeXtDownBlock(MedNeXtBlock):
 
     @staticmethod
     def make_conv1(spatial_dims: int, channels: int, kernel_size: int) -> nn.Module:
-        """The down block's ``conv1``: a stride-2 depthwise k^d convolution (PyTorch's own: its strided
-        kernel is fast both ways)."""
+        """The down block's ``conv1``: a stride-2 depthwise k^d convolution (PyTorch's own)."""
         return conv_op(spatial_dims)(channels, channels, kernel_size, stride=2, padding=kernel_size // 2,
                                      groups=channels)
 
@@ -191,10 +180,8 @@ class MedNeXtDownBlock(MedNeXtBlock):
 class MedNeXtUpBlock(MedNeXtBlock):
     """2x upsampling block: a transposed stride-2 depthwise conv and C -> C/2 output.
 
-    The transposed conv gives 2n-1 voxels per axis; one voxel is padded at the start (low-index
-    side) of every spatial axis to reach 2n, as in the reference implementation. The residual path
-    ``res_conv`` (built when ``conv_residual``) is a stride-2 1x1 transposed conv, padded the same way;
-    there is no identity add (``residual`` is ``False``).
+    The transposed conv gives 2n-1 voxels per axis, padded at the start to 2n as in the reference;
+    the residual path ``res_conv`` (when ``conv_residual``) is a stride-2 1x1 transposed conv, padded alike.
     """
 
     def __init__(self, in_channels: int, out_channels: int | None = None, *, conv_residual: bool = True,
@@ -221,11 +208,8 @@ class MedNeXtUpBlock(MedNeXtBlock):
 
 
 class Head(nn.Module):
-    """1x1 convolution from features to class logits.
-
-    The reference uses a 1x1 *transposed* conv, which is the same map with its weight stored as
-    [in, out, 1...]; we use a plain conv and transpose the weight in :mod:`mednext_lite.interop`.
-    """
+    """1x1 conv from features to class logits (the reference's 1x1 *transposed* conv is the same map,
+    its weight stored [in, out, 1...]; :mod:`mednext_lite.interop` transposes it)."""
 
     def __init__(self, in_channels: int, num_classes: int, spatial_dims: int = 3) -> None:
         super().__init__()
