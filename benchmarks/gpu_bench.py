@@ -118,6 +118,23 @@ def time_steps(step, repeats: int, warmup: int, device: torch.device) -> tuple[f
     return statistics.median(times), first if first is not None else times[0]
 
 
+def measure_step(net, params, x, y, amp_dtype, args, device: torch.device) -> tuple[float, float, float] | None:
+    """One configuration's training step: median ms, first step s (compile included) and peak GiB,
+    with a fresh AdamW over ``params``; ``None`` when it ran out of GPU memory."""
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        median_s, first_s = time_steps(step_fn(net, x, y, opt, amp_dtype), args.repeats, args.warmup, device)
+    except torch.cuda.OutOfMemoryError:
+        return None
+    finally:
+        del opt
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return 1000 * median_s, first_s, peak
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", type=int, default=128)
@@ -180,17 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                 for tf32 in ((True, False) if device.type == "cuda" else (False,))) + ")"
             del ref
         net = torch.compile(model) if compiled else model
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            median_s, first_s = time_steps(step_fn(net, x, y, opt, amp), args.repeats, args.warmup, device)
-            ms = 1000 * median_s
-        except torch.cuda.OutOfMemoryError:
+        measured = measure_step(net, model.parameters(), x, y, amp, args, device)
+        if measured is None:
             print(f"| MedNeXt-{variant} | {k} | {label} | out of memory | | |", flush=True)
             continue
-        peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        ms, first_s, peak = measured
         if impl == "monai":
             baselines[(variant, k)] = ms
         baseline = baselines.get((variant, k))
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                      "speedup": baseline / ms if baseline else None, "first_step_s": first_s})
         if args.json:  # written after every row, so a run cut short keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
-        del model, net, opt
+        del model, net
     if args.infer:
         infer_rows(args, device)
     if args.train_json:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import build, step_fn, sync, time_steps
+from gpu_bench import build, measure_step, step_fn, sync
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 DEPTHWISE = re.compile(r"depthwise|_dw_", re.IGNORECASE)
@@ -75,18 +75,12 @@ def make(impl: str, variant: str, k: int, device: torch.device, kernels: str = "
 
 def run_row(impl, variant, k, amp, kernels, ckpt, x, y, args, device) -> dict:
     model = make(impl, variant, k, device, kernels, ckpt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        median_s, first_s = time_steps(step_fn(model, x, y, opt, amp), args.repeats, args.warmup, device)
-    except torch.cuda.OutOfMemoryError:
+    measured = measure_step(model, model.parameters(), x, y, amp, args, device)
+    del model
+    if measured is None:
         return {"oom": True}
-    finally:
-        del model, opt
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"ms": 1000 * median_s, "first_step_s": first_s, "peak_gib": peak}
+    ms, first_s, peak = measured
+    return {"ms": ms, "first_step_s": first_s, "peak_gib": peak}
 
 
 def auto_entry(steps: list[dict], ops: dict | None) -> set[tuple[str, int]]:

@@ -63,6 +63,7 @@ def _patch(values: Sequence[int] | None, spatial_dims: int) -> tuple[int, ...] |
 
 def _add_train(sub: Any) -> None:
     from .fast.conv import KERNELS
+    from .fast.layout import MEMORY_FORMATS
     from .variants import PRESETS
 
     p = sub.add_parser("train", help="train MedNeXt on an MSD-layout task (resumable, DDP-ready)",
@@ -93,7 +94,7 @@ def _add_train(sub: Any) -> None:
     m.add_argument("--kernels", choices=KERNELS, default="pytorch",
                    help="depthwise conv kernels: PyTorch's, the Triton kernels (CUDA; needs triton), or auto "
                         "(Triton only on a GPU where they were measured faster)")
-    m.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+    m.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto",
                    help="activation layout (auto: the fastest for the device; the same maths in each)")
     m.add_argument("--no-keep-freed-memory", action="store_true",
                    help="on CPU, hand freed tensor memory back to the OS (slower; by default it is kept for "

@@ -144,7 +144,7 @@ def _train_step(model: MedNeXt, x: torch.Tensor, opt: torch.optim.Optimizer) -> 
     opt.zero_grad(set_to_none=True)
 
 
-def _step_in_child(queue: Any, config_dict: dict, input_shape: tuple, grad_checkpointing: bool,
+def _step_in_child(queue: Any, config_dict: dict, input_shape: tuple, grad_checkpointing: Any,
                    channels_last: bool) -> None:
     model = MedNeXt(MedNeXtConfig.from_dict(config_dict)).set_grad_checkpointing(grad_checkpointing)
     model.set_memory_format("channels_last" if channels_last else "auto")
@@ -194,7 +194,7 @@ def measure_step_memory(
     model: MedNeXt | MedNeXtConfig,
     input_shape: Sequence[int],
     *,
-    grad_checkpointing: bool | None = None,
+    grad_checkpointing: Any = None,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
 ) -> dict[str, float]:
@@ -207,8 +207,8 @@ def measure_step_memory(
     reading it as tensor bytes alone.
     """
     config = model if isinstance(model, MedNeXtConfig) else model.config
-    if grad_checkpointing is None:
-        grad_checkpointing = bool(getattr(model, "grad_checkpointing", False))
+    if grad_checkpointing is None:  # the model's own policy, per stage ("block"/"expansion"/None)
+        grad_checkpointing = getattr(model, "checkpoint_policy", False)
     input_shape = tuple(int(s) for s in input_shape)
     device = torch.device(device)
     if device.type == "cuda":
